@@ -1,0 +1,5 @@
+import sys
+
+from minirlhf.cli import main
+
+sys.exit(main())

@@ -1,0 +1,816 @@
+"""The hot ops of `layers.py` again, as Numba kernels: same signatures, same numbers, faster.
+
+Each public function here has the signature and return structure of its namesake in
+`layers.py` (read that first: it is the specification, with the maths written out):
+
+    out, cache = layernorm_forward(x, w, b, eps=1e-5)    dx, dw, db = layernorm_backward(dout, cache)
+    out, cache = gelu_forward(x)                         dx = gelu_backward(dout, cache)
+    y, cache = softmax_forward(x)                        dx = softmax_backward(dout, cache)
+    out, cache = attention_forward(qkv, n_head, dropout=0.0, rng=None)
+                                                         dqkv = attention_backward(dout, cache)
+    logp, cache = token_logprobs_forward(logits, targets)
+                                                         dlogits = token_logprobs_backward(dlogp, cache)
+
+`backend.py` picks this module or `layers.py`; `tests/test_kernels.py` holds the two to
+the same values (1e-10 relative in float64, 1e-5 in float32). The caches differ: each
+kernel keeps only what its own backward needs and recomputes the rest, so a cache must
+only ever be given to the backward of this module.
+
+How the kernels are written, and why:
+- A thin Python wrapper flattens the leading axes (any (..., C) becomes (N, C)), makes
+  the arrays C-contiguous (a no-op for arrays that already are, a copy for views such
+  as a slice of qkv), allocates the outputs and runs one jitted kernel. So each kernel
+  is compiled once per dtype (float32, float64), never per layout or rank.
+- A kernel is one plain loop nest over a range [lo, hi) of independent items (rows, or
+  (batch, head) pairs); `_parallel` hands the ranges to the cores. The kernels are
+  compiled `nogil=True`, so Python threads run them truly in parallel. (Not `prange`:
+  `parallel=True` doubles the one-off compile time of the twenty float32/float64
+  kernels, ~26 s instead of ~12 s of CPU, for the same run time.)
+- Inner loops run along contiguous memory and update independent elements
+  (p[j] += q * k[j]), which LLVM vectorises under strict IEEE rules. A sum into one
+  scalar cannot be vectorised without reordering its additions, so the sums that
+  matter go through `_sum` / `_dot`, compiled with 'reassoc' (the terms may be added
+  in any order, e.g. 8 lanes at a time, as NumPy's pairwise sums reorder them too).
+  `_exp_nonpositive` may fuse a * b + c into one FMA ('contract'). Nothing else is
+  relaxed: infinities, NaN and all other rounding follow IEEE.
+- Every exp goes through `_exp_nonpositive`, a vectorisable exp written out in plain
+  arithmetic: Numba's math.exp is a scalar libm call (vectorised only with Intel's
+  SVML), ~1.5-2x slower, and exp bounds softmax, GELU, token_logprobs and a fifth of
+  attention.
+- Arithmetic and sums stay in the input dtype (constants are cast with
+  `x.dtype.type(...)`, since a bare Python float would promote float32 to float64).
+  float32 agrees with the float32 reference to ~2e-7 relative (worst 4e-7, layernorm,
+  where the kernel is the closer of the two to the float64 result).
+- `cache=True`: compiled code is stored in `__pycache__`, so only the first run on a
+  machine pays the compile time (~12 s of CPU for everything; ~1 s to load it after).
+"""
+import itertools
+import math
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import numba
+import numpy as np
+from llvmlite import ir
+from numba import njit, types
+from numba.core.extending import intrinsic
+
+from minirlhf.errors import MinirlhfError
+from minirlhf.layers import GELU_SCALE, dropout_mask
+
+# ----------------------------------------------------------------------------
+# Running a kernel on all cores
+
+THREADS = max(1, int(numba.config.NUMBA_NUM_THREADS))  # set NUMBA_NUM_THREADS=1 to run serially
+_MIN_PARALLEL_WORK = 1 << 19  # below ~500k inner-loop steps (~0.2 ms), one thread is faster
+_pool = None
+_pool_pid = None
+
+
+def _parallel(kernel, n, work, *args):
+    """Run kernel(lo, hi, *args) over items 0..n-1, split between THREADS threads.
+
+    `work` estimates the inner-loop steps of the whole call; small calls run inline.
+    The items are cut into up to 4 parts per thread, taken in turn by whichever
+    thread is free (the calling thread included), so a core slowed by other work
+    does not hold everybody up. Every item is computed the same way whatever the
+    split, so results do not depend on the number of threads.
+    """
+    global _pool, _pool_pid
+    parts = min(n, 4 * THREADS) if THREADS > 1 and work >= _MIN_PARALLEL_WORK else 1
+    if parts <= 1:
+        if n:
+            kernel(0, n, *args)
+        return
+    if _pool is None or _pool_pid != os.getpid():  # a forked child has no pool threads
+        _pool = ThreadPoolExecutor(THREADS - 1, thread_name_prefix="minirlhf-kernel")
+        _pool_pid = os.getpid()
+    bounds = [n * i // parts for i in range(parts + 1)]
+    next_part = itertools.count()  # next() is atomic under the GIL
+
+    def worker():
+        while (i := next(next_part)) < parts:
+            kernel(bounds[i], bounds[i + 1], *args)
+
+    helpers = [_pool.submit(worker) for _ in range(min(THREADS, parts) - 1)]
+    worker()
+    for f in helpers:
+        if not f.cancel():  # a helper that never started (a busy machine) is not waited for
+            f.result()
+
+
+# ----------------------------------------------------------------------------
+# Shared helpers
+
+
+def _as_float(a, dtype=None):
+    """`a` as a C-contiguous float array: of `dtype` if given, else of its own dtype when
+    that is float32/float64, else float64 (as NumPy would compute with integers)."""
+    a = np.asarray(a)
+    if dtype is None:
+        dtype = a.dtype if a.dtype in (np.float32, np.float64) else np.float64
+    return np.asarray(a, dtype=dtype, order="C")
+
+
+def _check_dout(dout, shape, dtype, op):
+    """The upstream gradient as a contiguous array of the forward's dtype, after checking
+    it has the forward output's shape (a kernel does not check its indices)."""
+    dout = _as_float(dout, dtype)
+    if dout.shape != tuple(shape):
+        raise MinirlhfError(f"{op} backward: dout has shape {dout.shape}, the forward output had {tuple(shape)}")
+    return dout
+
+
+def _rows(x, op):
+    """x (..., C) -> (x as a contiguous float (N, C) array, the original shape)."""
+    x = _as_float(x)
+    if x.ndim == 0:
+        raise MinirlhfError(f"{op}: expected an array with a last axis, got a scalar")
+    return x.reshape(-1, x.shape[-1]), x.shape
+
+
+@njit(cache=True, nogil=True, error_model="numpy", fastmath={"reassoc"})
+def _sum(a):
+    """sum(a) of a 1-D array. 'reassoc' lets LLVM keep partial sums in vector lanes and
+    add them at the end (NumPy reorders its sums too, pairwise); without it each add
+    waits for the previous one. Only the order of these additions is relaxed."""
+    total = a.dtype.type(0.0)
+    for i in range(a.size):
+        total += a[i]
+    return total
+
+
+@njit(cache=True, nogil=True, error_model="numpy", fastmath={"reassoc"})
+def _dot(a, b):
+    """sum(a * b) of two 1-D arrays of equal length; vectorised like `_sum`."""
+    total = a.dtype.type(0.0)
+    for i in range(a.size):
+        total += a[i] * b[i]
+    return total
+
+
+# Every exp in these kernels is of a number <= 0: a score minus its row's maximum or
+# logsumexp, or -|z| in GELU's sigmoid. Numba's math.exp is a scalar libm call (it is
+# vectorised only with Intel's SVML); `_exp_nonpositive` is the textbook algorithm in
+# plain arithmetic instead, which LLVM vectorises (4 float64 or 8 float32 lanes):
+#     exp(x) = 2^k * exp(r),  k = round(x / ln 2),  r = x - k ln 2  (so |r| <= ln(2) / 2)
+# exp(r) from its Taylor series, to r^12 in float64 (truncation error < 2e-16) and to
+# r^7 in float32 (< 6e-9, far below float32's own 6e-8), and 2^k written straight into
+# a float's exponent bits (`_pow2`), in two halves so that each is a normal number even
+# when the result is subnormal. ln 2 is split in two (Cody & Waite) so that k * LN2_HI is
+# exact and r keeps full precision. No branches anywhere: a branch per element (an
+# `if`, or a loop over k's binary digits) stops LLVM from vectorising, and made this
+# exp twice as slow. Accuracy: within 5e-16 (float64) / 1.5e-7 (float32) relative of
+# NumPy's exp, wherever the result is a normal number (tests/test_kernels.py checks it).
+
+LN2_HI = 0.693145751953125  # 15 significant bits: k * LN2_HI is exact for |k| < 512
+LN2_LO = 1.42860682030941723212e-6  # ln 2 - LN2_HI
+EXP_MIN = -104.0  # exp(-104) ~ 7e-46: below, exp returns 0 (float32 itself ends at 1e-45)
+
+
+@intrinsic
+def _pow2(typingctx, k):
+    """2.0 ** k for a float k holding an integer in the normal exponent range (-126..127
+    in float32, -1022..1023 in float64): the integer k + bias, shifted into the exponent
+    field, read back as a float. (An LLVM bitcast: Numba has no Python spelling for it.)"""
+    if k not in (types.float32, types.float64):
+        return None
+    bits, mantissa, bias = (32, 23, 127) if k == types.float32 else (64, 52, 1023)
+
+    def codegen(context, builder, signature, args):
+        int_type = ir.IntType(bits)
+        exponent = builder.add(builder.fptosi(args[0], int_type), ir.Constant(int_type, bias))
+        return builder.bitcast(builder.shl(exponent, ir.Constant(int_type, mantissa)), args[0].type)
+
+    return k(k), codegen
+
+
+@njit(cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
+def _exp_nonpositive(a):
+    """a[i] = exp(a[i]) in place, for a[i] <= 0 (above 0 it returns 1); -inf gives 0,
+    NaN stays NaN. 'contract' lets mul + add fuse into one FMA (one rounding instead of
+    two, only more accurate)."""
+    dt = a.dtype.type
+    one, zero, lowest = dt(1.0), dt(0.0), dt(EXP_MIN)
+    c2, c3, c4, c5, c6, c7 = dt(1 / 2), dt(1 / 6), dt(1 / 24), dt(1 / 120), dt(1 / 720), dt(1 / 5040)
+    c8, c9, c10, c11, c12 = dt(1 / 40320), dt(1 / 362880), dt(1 / 3628800), dt(1 / 39916800), dt(1 / 479001600)
+    for i in range(a.size):
+        x = min(max(a[i], lowest), zero)  # (NaN passes both unchanged)
+        k = np.floor(x * dt(1.4426950408889634) + dt(0.5))  # round(x / ln 2), -151 <= k <= 0
+        r = (x - k * dt(LN2_HI)) - k * dt(LN2_LO)
+        if a.itemsize == 4:  # (a constant for each compiled dtype: no branch is left)
+            p = (((((c7 * r + c6) * r + c5) * r + c4) * r + c3) * r + c2) * r
+        else:
+            p = ((((((((c12 * r + c11) * r + c10) * r + c9) * r + c8) * r + c7) * r + c6) * r + c5) * r + c4) * r
+            p = ((p + c3) * r + c2) * r
+        p = (p + one) * r + one  # exp(r)
+        half = np.floor(k * dt(0.5))
+        p = p * _pow2(half) * _pow2(k - half)  # * 2^k
+        a[i] = zero if a[i] < lowest else p
+
+
+# ----------------------------------------------------------------------------
+# Linear layers and matrix products, split between the cores
+#
+# The matrix products are most of a training step, and BLAS already runs each at
+# close to the core's peak. What is left to do is to give every core its share: one
+# level of threads, ours. BLAS itself runs single-threaded (see minirlhf/__init__.py:
+# OPENBLAS_NUM_THREADS=1): when BLAS's own threads and ours both want the cores, each
+# waits for the other, and a product that takes 0.5 ms can take 40 ms on a busy machine.
+# Each part of a product is an ordinary np.matmul on a block of rows (or columns),
+# written into its place in the output, so the result is the same whatever the split.
+
+
+def _matmul_rows(lo, hi, a, b, out):
+    np.matmul(a[lo:hi], b, out=out[lo:hi])
+
+
+def _linear_forward_rows(lo, hi, x, w, b, out):
+    np.matmul(x[lo:hi], w, out=out[lo:hi])
+    out[lo:hi] += b  # while these rows are still in cache
+
+
+def _linear_weight_grad_columns(lo, hi, x, dout, dw, db):
+    np.matmul(x.T, dout[:, lo:hi], out=dw[:, lo:hi])
+    np.sum(dout[:, lo:hi], axis=0, out=db[lo:hi])
+
+
+def _parallel_matmul(a, b, out):
+    """out = a @ b for 2-D a (N, K), b (K, M): rows of a split between the threads."""
+    _parallel(_matmul_rows, a.shape[0], a.shape[0] * a.shape[1] * b.shape[1], a, b, out)
+    return out
+
+
+def matmul(a, b):
+    """See layers.matmul: a (..., K) @ b (K, M) -> (..., M), the rows split between cores."""
+    a, b = np.asarray(a), np.asarray(b)
+    if a.ndim < 1 or b.ndim != 2 or a.shape[-1] != b.shape[0]:
+        return a @ b  # (NumPy's own broadcasting and its error message)
+    a2 = a.reshape(-1, a.shape[-1])
+    out = np.empty((a2.shape[0], b.shape[1]), np.result_type(a, b))
+    return _parallel_matmul(a2, b, out).reshape(*a.shape[:-1], b.shape[1])
+
+
+def linear_forward(x, w, b):
+    """See layers.linear_forward. x (..., Cin), w (Cin, Cout), b (Cout,) -> out (..., Cout);
+    the bias is added to each block of rows right after its product."""
+    x, w, b = np.asarray(x), np.asarray(w), np.asarray(b)
+    if x.ndim < 1 or w.ndim != 2 or x.shape[-1] != w.shape[0] or b.shape != (w.shape[1],):
+        raise MinirlhfError(f"linear: x {x.shape}, w {w.shape}, b {b.shape} do not fit x @ w + b")
+    x2 = x.reshape(-1, x.shape[-1])
+    N, (Cin, Cout) = x2.shape[0], w.shape
+    out = np.empty((N, Cout), np.result_type(x, w, b))
+    _parallel(_linear_forward_rows, N, N * Cin * Cout, x2, w, b, out)
+    return out.reshape(*x.shape[:-1], Cout), (x2, w, x.shape)
+
+
+def linear_backward(dout, cache):
+    """See layers.linear_backward. dout (..., Cout) -> dx (..., Cin), dw (Cin, Cout), db (Cout,).
+    dx splits by rows; dw and db, sums over all rows, split by output columns."""
+    x2, w, shape = cache
+    N, (Cin, Cout) = x2.shape[0], w.shape
+    dtype = np.result_type(x2, w)
+    dout2 = _check_dout(dout, (*shape[:-1], Cout), dtype, "linear").reshape(N, Cout)
+    dx = _parallel_matmul(dout2, w.T, np.empty((N, Cin), dtype))
+    dw = np.empty((Cin, Cout), dtype)
+    db = np.empty(Cout, dtype)
+    _parallel(_linear_weight_grad_columns, Cout, N * Cin * Cout, x2, dout2, dw, db)
+    return dx.reshape(shape), dw, db
+
+
+# ----------------------------------------------------------------------------
+# Embedding backward (the forward is a lookup; NumPy's fancy indexing is fine)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _scatter_add_rows(idx, dout, dwte):
+    """dwte[idx[i]] += dout[i] for every row i, in order (np.add.at, without its
+    per-element dispatch)."""
+    for i in range(idx.size):
+        row = dwte[idx[i]]
+        for c in range(dout.shape[1]):
+            row[c] += dout[i, c]
+
+
+def embedding_backward(dout, cache):
+    """See layers.embedding_backward. dout (B, T, C) -> dwte (V, C), dwpe (T_max, C)."""
+    idx, wte_shape, wpe_shape, pos0 = cache
+    dout = _as_float(dout)
+    C = dout.shape[-1]
+    dwte = np.zeros(wte_shape, dtype=dout.dtype)
+    _scatter_add_rows(np.ascontiguousarray(idx, dtype=np.int64).reshape(-1), dout.reshape(-1, C), dwte)
+    dwpe = np.zeros(wpe_shape, dtype=dout.dtype)
+    np.sum(dout, axis=0, out=dwpe[pos0 : pos0 + idx.shape[1]])
+    return dwte, dwpe
+
+
+# ----------------------------------------------------------------------------
+# LayerNorm
+
+_ROWS_PER_CHUNK = 32  # rows per partial dw, db sum (a fixed size keeps results thread-independent)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _layernorm_forward_kernel(lo, hi, x, w, b, eps, out, mean, rstd):
+    """layers.layernorm_forward for rows lo..hi-1 of x (N, C): mean, variance, normalise,
+    scale and shift, with `out` as the scratch row for x - mean. Keeps mean and rstd (N,)
+    for the backward, not the (N, C) xhat, which the backward recomputes from x."""
+    C = x.shape[1]
+    inv_c = x.dtype.type(1.0 / C)
+    for i in range(lo, hi):
+        m = _sum(x[i]) * inv_c
+        for c in range(C):
+            out[i, c] = x[i, c] - m
+        r = x.dtype.type(1.0) / math.sqrt(_dot(out[i], out[i]) * inv_c + eps)  # biased variance
+        for c in range(C):
+            out[i, c] = out[i, c] * r * w[c] + b[c]
+        mean[i] = m
+        rstd[i] = r
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _layernorm_backward_kernel(lo, hi, dout, x, mean, rstd, w, dx, dw_part, db_part):
+    """layers.layernorm_backward for row chunks lo..hi-1:
+        dx = rstd * (g - mean(g) - xhat * mean(g * xhat)),   g = dout * w,
+    fused with the dw = sum(dout * xhat), db = sum(dout) reductions. xhat is recomputed
+    from x, mean, rstd into a scratch row. Each chunk of rows sums its dw, db into its
+    own row of dw_part, db_part (no two threads write the same memory); the caller adds
+    the chunks up."""
+    N, C = x.shape
+    inv_c = x.dtype.type(1.0 / C)
+    xhat = np.empty(C, x.dtype)
+    for chunk in range(lo, hi):
+        for i in range(chunk * _ROWS_PER_CHUNK, min(N, (chunk + 1) * _ROWS_PER_CHUNK)):
+            m, r = mean[i], rstd[i]
+            for c in range(C):
+                xhat[c] = (x[i, c] - m) * r
+                dx[i, c] = dout[i, c] * w[c]  # g, for now
+            g_mean = _sum(dx[i]) * inv_c
+            gx_mean = _dot(dx[i], xhat) * inv_c
+            for c in range(C):
+                dx[i, c] = r * (dx[i, c] - g_mean - xhat[c] * gx_mean)
+                dw_part[chunk, c] += dout[i, c] * xhat[c]
+                db_part[chunk, c] += dout[i, c]
+
+
+def layernorm_forward(x, w, b, eps=1e-5):
+    """See layers.layernorm_forward. x (..., C), w (C,), b (C,) -> out (..., C).
+    The cache holds x itself (no normalised copy): do not change x in place before
+    the backward."""
+    x2, shape = _rows(x, "layernorm")
+    dtype = x2.dtype
+    w = _as_float(w, dtype)
+    b = _as_float(b, dtype)
+    N, C = x2.shape
+    if w.shape != (C,) or b.shape != (C,):
+        raise MinirlhfError(f"layernorm: x has {C} features but w, b have shapes {w.shape}, {b.shape}")
+    out = np.empty_like(x2)
+    mean = np.empty(N, dtype)
+    rstd = np.empty(N, dtype)
+    _parallel(_layernorm_forward_kernel, N, N * C, x2, w, b, dtype.type(eps), out, mean, rstd)
+    return out.reshape(shape), (x2, mean, rstd, w, shape)
+
+
+def layernorm_backward(dout, cache):
+    """See layers.layernorm_backward. dout (..., C) -> dx (..., C), dw (C,), db (C,)."""
+    x2, mean, rstd, w, shape = cache
+    N, C = x2.shape
+    dout2 = _check_dout(dout, shape, x2.dtype, "layernorm").reshape(N, C)
+    dx = np.empty_like(x2)
+    n_chunks = (N + _ROWS_PER_CHUNK - 1) // _ROWS_PER_CHUNK
+    dw_part = np.zeros((n_chunks, C), x2.dtype)
+    db_part = np.zeros((n_chunks, C), x2.dtype)
+    _parallel(_layernorm_backward_kernel, n_chunks, 2 * N * C, dout2, x2, mean, rstd, w, dx, dw_part, db_part)
+    return dx.reshape(shape), dw_part.sum(axis=0), db_part.sum(axis=0)
+
+
+# ----------------------------------------------------------------------------
+# GELU (tanh approximation)
+#
+# With u = s (x + 0.044715 x^3) and the identity 1 + tanh(u) = 2 sigmoid(2u):
+#     gelu(x)  = 0.5 x (1 + tanh(u))  = x * sig,          sig = sigmoid(2u) = 1 / (1 + exp(-2u))
+#     gelu'(x) = 0.5 (1 + t) + 0.5 x (1 - t^2) s (1 + 3 * 0.044715 x^2)
+#              = sig * (1 + 2 x (1 - sig) s (1 + 3 * 0.044715 x^2))
+# the same function as layers.gelu_forward, computed with one exp instead of a tanh,
+# and without the cancellation in 1 + tanh(u) at negative x. The sigmoid is taken as
+#     sig = 1 / (1 + e) if x >= 0 else e / (1 + e),      e = exp(-|2u|) <= 1
+# (2u has the sign of x), so the exp never overflows. The cache is x alone, as in
+# PyTorch: the backward recomputes sig (one exp) rather than keep a (B, T, 4C) array
+# per layer, the largest activation of the model, alive until the backward.
+
+_ELEMENTS_PER_ITEM = 4096  # elementwise kernels split flat arrays into items of this size
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _gelu_sigmoid(x, sig):
+    """sig[i] = sigmoid(2u(x[i])) for 1-D x, sig of equal length (sig may be the output
+    array: the kernels below overwrite it element by element)."""
+    s = x.dtype.type(GELU_SCALE)
+    a = x.dtype.type(0.044715)
+    one = x.dtype.type(1.0)
+    minus_two = x.dtype.type(-2.0)
+    for i in range(x.size):
+        xi = x[i]
+        sig[i] = minus_two * s * abs(xi + a * xi * xi * xi)  # -|2u|
+    _exp_nonpositive(sig)  # e = exp(-|2u|)
+    for i in range(x.size):
+        e = sig[i]
+        numerator = one if x[i] >= 0 else e  # (select, then one division: this vectorises)
+        sig[i] = numerator / (one + e)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _gelu_forward_kernel(lo, hi, x, out):
+    """layers.gelu_forward on items lo..hi-1 of a flat array."""
+    x, out = _item_range(x, lo, hi), _item_range(out, lo, hi)
+    _gelu_sigmoid(x, out)
+    for i in range(x.size):
+        out[i] *= x[i]
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _gelu_backward_kernel(lo, hi, dout, x, dx):
+    """layers.gelu_backward on items lo..hi-1 of flat arrays."""
+    s = x.dtype.type(GELU_SCALE)
+    a3 = x.dtype.type(3.0 * 0.044715)
+    one = x.dtype.type(1.0)
+    two = x.dtype.type(2.0)
+    dout, x, dx = _item_range(dout, lo, hi), _item_range(x, lo, hi), _item_range(dx, lo, hi)
+    _gelu_sigmoid(x, dx)
+    for i in range(x.size):
+        xi, sig = x[i], dx[i]
+        dx[i] = dout[i] * sig * (one + two * xi * (one - sig) * s * (one + a3 * xi * xi))
+
+
+@njit(cache=True, nogil=True)
+def _item_range(a, lo, hi):
+    """The elements of items lo..hi-1 of a flat array, as a view. Kernels loop over a
+    view with range(n) rather than over range(start, stop) of the whole array: an index
+    that starts at 0 is known to be >= 0, so Numba drops its negative-index wraparound
+    check, and without that check per element LLVM can vectorise the loop (4x here)."""
+    return a[lo * _ELEMENTS_PER_ITEM : min(a.size, hi * _ELEMENTS_PER_ITEM)]
+
+
+def _items(size):
+    return (size + _ELEMENTS_PER_ITEM - 1) // _ELEMENTS_PER_ITEM
+
+
+def gelu_forward(x):
+    """See layers.gelu_forward. Any shape. The cache holds x itself."""
+    x = _as_float(x)
+    flat = x.reshape(-1)
+    out = np.empty_like(flat)
+    _parallel(_gelu_forward_kernel, _items(flat.size), 8 * flat.size, flat, out)
+    return out.reshape(x.shape), (flat, x.shape)
+
+
+def gelu_backward(dout, cache):
+    """See layers.gelu_backward."""
+    flat, shape = cache
+    dout = _check_dout(dout, shape, flat.dtype, "gelu")
+    dx = np.empty_like(flat)
+    _parallel(_gelu_backward_kernel, _items(flat.size), 8 * flat.size, dout.reshape(-1), flat, dx)
+    return dx.reshape(shape)
+
+
+# ----------------------------------------------------------------------------
+# Softmax over the last axis
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _softmax_forward_kernel(lo, hi, x, y):
+    """layers.softmax_forward on rows lo..hi-1 of x (N, K): max, exp, normalise."""
+    K = x.shape[1]
+    for i in range(lo, hi):
+        m = x[i, 0]
+        for k in range(1, K):
+            m = max(m, x[i, k])
+        for k in range(K):
+            y[i, k] = x[i, k] - m
+        _exp_nonpositive(y[i])  # -inf entries give exactly 0
+        inv = x.dtype.type(1.0) / _sum(y[i])
+        for k in range(K):
+            y[i, k] *= inv
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _softmax_backward_kernel(lo, hi, dout, y, dx):
+    """layers.softmax_backward on rows lo..hi-1: dx = y * (dout - sum(dout * y))."""
+    K = y.shape[1]
+    for i in range(lo, hi):
+        dot = _dot(dout[i], y[i])
+        for k in range(K):
+            dx[i, k] = y[i, k] * (dout[i, k] - dot)
+
+
+def softmax_forward(x):
+    """See layers.softmax_forward. x (..., K) -> y (..., K); the cache holds y."""
+    x2, shape = _rows(x, "softmax")
+    y = np.empty_like(x2)
+    if y.size:
+        _parallel(_softmax_forward_kernel, x2.shape[0], 8 * x2.size, x2, y)
+    return y.reshape(shape), (y, shape)
+
+
+def softmax_backward(dout, cache):
+    """See layers.softmax_backward."""
+    y, shape = cache
+    dout2 = _check_dout(dout, shape, y.dtype, "softmax").reshape(y.shape)
+    dx = np.empty_like(y)
+    if y.size:
+        _parallel(_softmax_backward_kernel, y.shape[0], 2 * y.size, dout2, y, dx)
+    return dx.reshape(shape)
+
+
+# ----------------------------------------------------------------------------
+# Causal multi-head attention: BLAS for the products, Numba for the softmax
+#
+# The four products of attention (scores Q K^T, output P V, and in the backward
+# dP = dO V^T, dQ = dS K, dK = dS^T Q, dV = P^T dO) are matrix products of head size D,
+# which BLAS runs at several times the speed of any plain loop. What BLAS cannot do is
+# the causal softmax in between, and the softmax backward: those are the Numba kernels
+# below, one pass over the scores each, in place.
+#
+# The work is cut two ways:
+# - by batch rows: a range of sequences is one item for `_parallel`, and its scores
+#   (rows, H, T, T) live in a scratch buffer of at most ~1 MB, so they stay in the
+#   core's cache between the product that writes them and the kernel that reads them;
+# - causally, by query blocks of _CAUSAL_BLOCK rows: block [r0, r1) only needs keys
+#   0..r1-1, so the products skip most of the upper triangle (5/8 of the work of the
+#   full T x T at T = 4 blocks) instead of computing scores that the mask throws away.
+# Nothing of size (T, T) is kept between forward and backward: the forward keeps each
+# row's logsumexp, and the backward recomputes P = exp(S / sqrt(D) - lse) (flash
+# attention's trade: one more product for O(T) instead of O(T^2) memory).
+
+_CAUSAL_BLOCK = 64  # query rows per causal block
+_SCRATCH_BYTES = 1 << 20  # scores of one work item (the L2 cache of one core)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _causal_softmax_kernel(s, lse, mask, scale, block):
+    """layers.self_attention_forward's mask and softmax, in place, on the scores
+    s (n, H, T, T) of n sequences: row t gets weights P[t, j] = softmax(scale * s[t])
+    over keys j <= t, then times the dropout mask (an empty array for none); keys
+    j in (t, end of t's causal block) get 0 (the products read them), later ones are
+    never read. Writes each row's logsumexp into lse (n, H, T)."""
+    n, H, T, _ = s.shape
+    use_mask = mask.size > 0
+    one = s.dtype.type(1.0)
+    for b in range(n):
+        for h in range(H):
+            for t in range(T):
+                p = s[b, h, t]
+                m = p[0]
+                for j in range(1, t + 1):
+                    m = max(m, p[j])
+                for j in range(t + 1):
+                    p[j] = (p[j] - m) * scale
+                _exp_nonpositive(p[: t + 1])
+                total = _sum(p[: t + 1])
+                inv = one / total
+                for j in range(t + 1):
+                    p[j] *= inv
+                if use_mask:
+                    for j in range(t + 1):
+                        p[j] *= mask[b, h, t, j]
+                for j in range(t + 1, min(T, (t // block + 1) * block)):
+                    p[j] = 0.0
+                lse[b, h, t] = m * scale + math.log(total)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _causal_softmax_backward_kernel(s, dp, lse, mask, scale, block):
+    """The softmax part of layers.self_attention_backward, in place, with the weights
+    recomputed from the scores: s (n, H, T, T) holds S = Q K^T, dp holds dP = dO V^T.
+        P = exp(scale * S - lse),   dP *= M,   dS = P (dP - sum_j P dP) * scale
+    (softmax_backward, then the 1/sqrt(D) of the scores). On return dp holds dS and s
+    holds P * M (P without dropout), the weights that reached the output, for dV.
+    Entries above the diagonal inside a causal block are set to 0 in both."""
+    n, H, T, _ = s.shape
+    use_mask = mask.size > 0
+    for b in range(n):
+        for h in range(H):
+            for t in range(T):
+                p, g = s[b, h, t], dp[b, h, t]
+                row_lse = lse[b, h, t]
+                for j in range(t + 1):
+                    p[j] = p[j] * scale - row_lse
+                _exp_nonpositive(p[: t + 1])
+                if use_mask:
+                    for j in range(t + 1):
+                        g[j] *= mask[b, h, t, j]
+                delta = _dot(p[: t + 1], g[: t + 1])
+                for j in range(t + 1):
+                    g[j] = p[j] * (g[j] - delta) * scale
+                if use_mask:
+                    for j in range(t + 1):
+                        p[j] *= mask[b, h, t, j]
+                for j in range(t + 1, min(T, (t // block + 1) * block)):
+                    p[j] = 0.0
+                    g[j] = 0.0
+
+
+def _heads(qkv, n_head):
+    """qkv (B, T, 3C) -> q, k, v, each (B, H, T, D): strided views, no copy (BLAS reads
+    them in place: each (T, D) slice has unit stride along D)."""
+    B, T, C3 = qkv.shape
+    D = C3 // (3 * n_head)
+    q, k, v = qkv.reshape(B, T, 3, n_head, D).transpose(2, 0, 3, 1, 4)
+    return q, k, v
+
+
+def _blocks(T):
+    """The causal query blocks [r0, r1) of a length-T sequence."""
+    return [(r0, min(T, r0 + _CAUSAL_BLOCK)) for r0 in range(0, T, _CAUSAL_BLOCK)]
+
+
+def _causal_matmul_rows(a, b, out, T):
+    """out[.., r0:r1, :] = a[.., r0:r1, :r1] @ b[.., :r1, :] block by block: products whose
+    row t only needs columns/rows 0..t of the shared T axis (P V, dS K)."""
+    for r0, r1 in _blocks(T):
+        np.matmul(a[..., r0:r1, :r1], b[..., :r1, :], out=out[..., r0:r1, :])
+
+
+def _causal_matmul_scores(a, b_t, out, T):
+    """out[.., r0:r1, :r1] = a[.., r0:r1, :] @ b_t[.., :, :r1]: scores-shaped products
+    (Q K^T, dO V^T) computed only where a causal block can be non-zero."""
+    for r0, r1 in _blocks(T):
+        np.matmul(a[..., r0:r1, :], b_t[..., :, :r1], out=out[..., r0:r1, :r1])
+
+
+def _causal_matmul_transposed(p, x, out, T):
+    """out[.., c0:c1, :] = p[.., c0:, c0:c1]^T @ x[.., c0:, :]: the products that sum over
+    queries (dV = P^T dO, dK = dS^T Q), where key j only gets terms from queries t >= j."""
+    for c0, c1 in _blocks(T):
+        np.matmul(np.swapaxes(p[..., c0:, c0:c1], -1, -2), x[..., c0:, :], out=out[..., c0:c1, :])
+
+
+def _attention_items(B, H, T, itemsize):
+    """Sequences per work item: as many as fit the scratch budget (at least one)."""
+    return max(1, min(B, _SCRATCH_BYTES // max(1, H * T * T * itemsize)))
+
+
+def _attention_forward_part(lo, hi, per, qkv, n_head, mask, out, lse):
+    """Forward for items lo..hi-1 (each `per` sequences): S = Q K^T, softmax, O = P V."""
+    B, T, _ = qkv.shape
+    q, k, v = _heads(qkv, n_head)
+    o = out.reshape(B, T, n_head, -1).transpose(0, 2, 1, 3)  # (B, H, T, D) view of out
+    scale = qkv.dtype.type(1.0 / math.sqrt(q.shape[-1]))
+    for item in range(lo, hi):
+        b0, b1 = item * per, min(B, (item + 1) * per)
+        s = np.empty((b1 - b0, n_head, T, T), qkv.dtype)
+        _causal_matmul_scores(q[b0:b1], np.swapaxes(k[b0:b1], -1, -2), s, T)
+        _causal_softmax_kernel(s, lse[b0:b1], mask[b0:b1], scale, _CAUSAL_BLOCK)
+        _causal_matmul_rows(s, v[b0:b1], o[b0:b1], T)
+
+
+def _attention_backward_part(lo, hi, per, dout, qkv, lse, n_head, mask, dqkv):
+    """Backward for items lo..hi-1: recompute P, then dV, dS, dQ, dK."""
+    B, T, _ = qkv.shape
+    q, k, v = _heads(qkv, n_head)
+    dq, dk, dv = _heads(dqkv, n_head)
+    do = dout.reshape(B, T, n_head, -1).transpose(0, 2, 1, 3)
+    scale = qkv.dtype.type(1.0 / math.sqrt(q.shape[-1]))
+    for item in range(lo, hi):
+        b0, b1 = item * per, min(B, (item + 1) * per)
+        s = np.empty((b1 - b0, n_head, T, T), qkv.dtype)
+        dp = np.empty_like(s)
+        _causal_matmul_scores(q[b0:b1], np.swapaxes(k[b0:b1], -1, -2), s, T)
+        _causal_matmul_scores(do[b0:b1], np.swapaxes(v[b0:b1], -1, -2), dp, T)
+        _causal_softmax_backward_kernel(s, dp, lse[b0:b1], mask[b0:b1], scale, _CAUSAL_BLOCK)
+        _causal_matmul_transposed(s, do[b0:b1], dv[b0:b1], T)
+        _causal_matmul_rows(dp, k[b0:b1], dq[b0:b1], T)
+        _causal_matmul_transposed(dp, q[b0:b1], dk[b0:b1], T)
+
+
+def attention_forward(qkv, n_head, dropout=0.0, rng=None):
+    """See layers.attention_forward. qkv (B, T, 3C) -> out (B, T, C).
+
+    The dropout mask is drawn by layers.dropout_mask with the reference's shape and
+    generator, so both backends drop the same weights for the same rng. The cache holds
+    qkv, the (B, H, T) logsumexps and the mask (if any)."""
+    qkv = _as_float(qkv)
+    if qkv.ndim != 3 or n_head < 1 or qkv.shape[-1] % (3 * n_head):
+        raise MinirlhfError(f"attention: qkv must be (B, T, 3C) with C divisible by n_head={n_head}, got {qkv.shape}")
+    B, T, C3 = qkv.shape
+    mask = dropout_mask((B, n_head, T, T), dropout, rng, qkv.dtype)
+    mask = np.empty((B, 0, 0, 0), qkv.dtype) if mask is None else mask
+    out = np.empty((B, T, C3 // 3), qkv.dtype)
+    lse = np.empty((B, n_head, T), qkv.dtype)
+    if T:
+        per = _attention_items(B, n_head, T, qkv.itemsize)
+        _parallel(_attention_forward_part, -(-B // per), B * T * T * C3 // 3, per, qkv, n_head, mask, out, lse)
+    return out, (qkv, lse, mask, n_head)
+
+
+def attention_backward(dout, cache):
+    """See layers.attention_backward. dout (B, T, C) -> dqkv (B, T, 3C)."""
+    qkv, lse, mask, n_head = cache
+    B, T, C3 = qkv.shape
+    dout = _check_dout(dout, (B, T, C3 // 3), qkv.dtype, "attention")
+    dqkv = np.empty_like(qkv)
+    if T:
+        per = _attention_items(B, n_head, T, qkv.itemsize)
+        _parallel(_attention_backward_part, -(-B // per), 3 * B * T * T * C3 // 3, per, dout, qkv, lse, n_head, mask, dqkv)
+    return dqkv
+
+# ----------------------------------------------------------------------------
+# AdamW, fused: one pass over the flat parameter buffer instead of eight
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _adamw_kernel(lo, hi, p, g, m, v, decay, shrink, beta1, beta2, step_size, v_hat_scale, eps):
+    """optim.adamw_update on items lo..hi-1 (of _ELEMENTS_PER_ITEM entries each): each
+    entry is read once and written once, where the NumPy version makes a pass per line."""
+    one = p.dtype.type(1.0)
+    p, g, m, v = _item_range(p, lo, hi), _item_range(g, lo, hi), _item_range(m, lo, hi), _item_range(v, lo, hi)
+    decay = _item_range(decay, lo, hi)
+    for i in range(p.size):
+        pi = p[i] * shrink if decay[i] else p[i]
+        mi = beta1 * m[i] + (one - beta1) * g[i]
+        vi = beta2 * v[i] + (one - beta2) * (g[i] * g[i])
+        m[i] = mi
+        v[i] = vi
+        p[i] = pi - step_size * mi / (np.sqrt(vi * v_hat_scale) + eps)
+
+
+def adamw_update(p, g, m, v, decay, t, lr, beta1, beta2, eps, weight_decay):
+    """See optim.adamw_update (same arguments, same result to rounding)."""
+    dt = p.dtype.type
+    g = _as_float(g, p.dtype)
+    args = (dt(1.0 - lr * weight_decay), dt(beta1), dt(beta2), dt(lr / (1.0 - beta1**t)),
+            dt(1.0 / (1.0 - beta2**t)), dt(eps))  # fmt: skip
+    _parallel(_adamw_kernel, _items(p.size), 4 * p.size, p, g, m, v, decay, *args)
+
+
+# ----------------------------------------------------------------------------
+# Log-probabilities of target tokens
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _token_logprobs_forward_kernel(lo, hi, logits, targets, logp, lse):
+    """layers.token_logprobs_forward on rows lo..hi-1 of logits (N, V): the logsumexp and
+    the target's logit, fused. Ignored rows (target -1) are skipped: logp 0."""
+    V = logits.shape[1]
+    row = np.empty(V, logits.dtype)  # exp(logits - max) of one row
+    for i in range(lo, hi):
+        target = targets[i]
+        if target == -1:
+            logp[i] = 0.0
+            lse[i] = 0.0
+            continue
+        m = logits[i, 0]
+        for v in range(1, V):
+            m = max(m, logits[i, v])
+        for v in range(V):
+            row[v] = logits[i, v] - m
+        _exp_nonpositive(row)
+        lse[i] = m + math.log(_sum(row))
+        logp[i] = logits[i, target] - lse[i]
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _token_logprobs_backward_kernel(lo, hi, dlogp, logits, targets, lse, dlogits):
+    """layers.token_logprobs_backward on rows lo..hi-1: dlogits = dlogp (onehot - softmax),
+    the softmax recomputed from the stored logsumexp (no (N, V) probabilities kept)."""
+    V = logits.shape[1]
+    for i in range(lo, hi):
+        target = targets[i]
+        if target == -1:
+            for v in range(V):
+                dlogits[i, v] = 0.0
+            continue
+        g = dlogp[i]
+        for v in range(V):
+            dlogits[i, v] = logits[i, v] - lse[i]
+        _exp_nonpositive(dlogits[i])  # the softmax
+        for v in range(V):
+            dlogits[i, v] *= -g
+        dlogits[i, target] += g
+
+
+def token_logprobs_forward(logits, targets):
+    """See layers.token_logprobs_forward. logits (..., V), targets (...) int -> logp (...).
+    Targets must be -1 (ignored) or in [0, V). The cache holds logits itself."""
+    logits2, shape = _rows(logits, "token_logprobs")
+    N, V = logits2.shape
+    targets = np.asarray(targets)
+    if targets.shape != shape[:-1]:
+        raise MinirlhfError(f"token_logprobs: targets have shape {targets.shape}, logits {shape} need {shape[:-1]}")
+    targets = np.ascontiguousarray(targets, dtype=np.int64).reshape(-1)
+    if targets.size and (targets.min() < -1 or targets.max() >= V):
+        raise MinirlhfError(f"token_logprobs: targets must be -1 or in [0, {V}), got {targets.min()}..{targets.max()}")
+    logp = np.empty(N, logits2.dtype)
+    lse = np.empty(N, logits2.dtype)
+    _parallel(_token_logprobs_forward_kernel, N, 8 * N * V, logits2, targets, logp, lse)
+    return logp.reshape(shape[:-1]), (logits2, targets, lse, shape)
+
+
+def token_logprobs_backward(dlogp, cache):
+    """See layers.token_logprobs_backward. dlogp (...) -> dlogits (..., V)."""
+    logits2, targets, lse, shape = cache
+    N, V = logits2.shape
+    dlogp = _check_dout(dlogp, shape[:-1], logits2.dtype, "token_logprobs").reshape(N)
+    dlogits = np.empty_like(logits2)
+    _parallel(_token_logprobs_backward_kernel, N, 8 * N * V, dlogp, logits2, targets, lse, dlogits)
+    return dlogits.reshape(shape)

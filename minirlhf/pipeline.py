@@ -1,0 +1,212 @@
+"""`minirlhf pipeline`: the whole recipe, end to end, on the built-in toy world.
+
+    data -> pretrain -> SFT -> reward model -> PPO -> eval
+
+Every stage writes its own folder in the run directory (its checkpoint, metrics.jsonl,
+plots and a summary.json that marks it finished), and the run ends with report.json,
+report.md and a summary table. `--resume` skips the finished stages and continues an
+interrupted pretraining or PPO run from its last checkpoint.
+
+    runs/demo/
+      data/       the toy world, its corpus, demonstrations, prompts, eval sets
+      pretrain/   the base model (GPT-3's role)
+      sft/        step 1: supervised fine-tuning on demonstrations
+      reward/     step 2: the reward model, with the rankings it was trained on
+      ppo/        step 3: the PPO policy (ChatGPT's role) and its value model
+      eval/       helpfulness, truthfulness, harmlessness; plots and samples
+      report.json report.md
+"""
+import argparse
+import json
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from minirlhf.datasets import atomic_write_text
+from minirlhf.errors import MinirlhfError
+from minirlhf.evaluate import evaluate_models, load_eval_sets, load_models, summary_markdown, write_report
+from minirlhf.model import PRESETS as MODEL_PRESETS
+from minirlhf.toyworld.generate import write_datasets
+from minirlhf.train.loop import TrainSettings
+from minirlhf.train.ppo import PPOConfig, run_ppo
+from minirlhf.train.pretrain import PretrainConfig, pretrain
+from minirlhf.train.reward import RewardConfig, reward
+from minirlhf.train.sft import SFTConfig, sft
+
+STAGES = ("data", "pretrain", "sft", "reward", "ppo", "eval")
+
+
+@dataclass
+class PipelinePreset:
+    """Everything a run needs besides the seed."""
+
+    pretrain: PretrainConfig
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    ppo: PPOConfig = field(default_factory=PPOConfig)
+    eval_max_new_tokens: int = 48
+
+
+PRESETS = {
+    # The README's main command: minutes on a 2-core laptop.
+    "demo": PipelinePreset(
+        pretrain=PretrainConfig(vocab_size=768, model=dict(MODEL_PRESETS["small"]),
+                                train=TrainSettings(steps=2500, batch_size=16, lr=2e-3, min_lr=2e-4, warmup=100,
+                                                    eval_every=500)),
+    ),
+    # For the test suite: every stage runs, in seconds, on a model too small to learn much.
+    "tiny": PipelinePreset(
+        pretrain=PretrainConfig(vocab_size=768, model=dict(n_layer=1, n_head=2, n_embd=32, block_size=128),
+                                train=TrainSettings(steps=30, batch_size=8, lr=3e-3, warmup=5, eval_every=30),
+                                eval_batches=2),
+        sft=SFTConfig(epochs=1),
+        reward=RewardConfig(max_prompts=24, n_demos=32, eval_train_prompts=8),
+        ppo=PPOConfig(iterations=4, rollouts=16, minibatch=8, epochs=2, lr=1e-4, value_lr=1e-4, save_every=2,
+                      max_new_tokens=24),
+        eval_max_new_tokens=24,
+    ),
+}
+
+
+class Pipeline:
+    """Runs the stages in order; each stage is a method returning its summary dict."""
+
+    def __init__(self, out_dir, preset, seed=0, progress=True):
+        self.out = Path(out_dir)
+        self.preset = preset
+        self.seed = seed
+        self.progress = progress
+
+    def folder(self, stage):
+        return self.out / stage
+
+    def data(self, resume):
+        summary = write_datasets(self.folder("data"), seed=self.seed)
+        return {"world_seed": self.seed, "files": summary["bytes"]}
+
+    def pretrain(self, resume):
+        config = replace(self.preset.pretrain, seed=self.seed)
+        resume = resume and (self.folder("pretrain") / "checkpoint" / "state.json").exists()
+        return pretrain(self.folder("data") / "corpus.txt", self.folder("pretrain"), config, resume, self.progress)
+
+    def sft(self, resume):
+        config = replace(self.preset.sft, seed=self.seed)
+        return sft(self.folder("pretrain"), self.folder("data") / "sft.jsonl", self.folder("sft"), config, self.progress)
+
+    def reward(self, resume):
+        config = replace(self.preset.reward, data=str(self.folder("data")), seed=self.seed)
+        return reward(self.folder("sft"), self.folder("reward"), config, self.progress)
+
+    def ppo(self, resume):
+        config = replace(self.preset.ppo, seed=self.seed)
+        resume = resume and (self.folder("ppo") / "checkpoint" / "state.json").exists()
+        data = self.folder("data")
+        return run_ppo(self.folder("sft"), self.folder("reward"), self.folder("ppo"), data / "ppo_prompts.jsonl", config,
+                       world_path=data / "world.json", ptx_text=data / "corpus.txt", resume=resume, progress=self.progress)
+
+    def eval(self, resume):
+        world, sets = load_eval_sets(self.folder("data"))
+        models = load_models({name: self.folder(stage) for name, stage in (("base", "pretrain"), ("sft", "sft"), ("ppo", "ppo"))})
+        samples = []
+        result = evaluate_models(models, world, sets, np.random.default_rng(self.seed),
+                                 max_new_tokens=self.preset.eval_max_new_tokens, progress=self.progress, samples=samples)
+        write_report(self.folder("eval"), result, samples, ppo_metrics={"ppo": self.folder("ppo") / "metrics.jsonl"})
+        return {"eval": result}
+
+    def run(self, resume=False):
+        """All stages; returns the report (also written to report.json)."""
+        summaries = {}
+        t_start = time.perf_counter()
+        for i, stage in enumerate(STAGES, start=1):
+            done = self.folder(stage) / "summary.json"
+            if resume and done.exists():
+                summaries[stage] = json.loads(done.read_text())
+                self.say(f"[{i}/{len(STAGES)}] {stage}: finished earlier, skipped")
+                continue
+            self.say(f"[{i}/{len(STAGES)}] {stage}")
+            t0 = time.perf_counter()
+            summary = getattr(self, stage)(resume)
+            summary["wall_seconds"] = time.perf_counter() - t0
+            atomic_write_text(done, json.dumps(summary, indent=2, default=str) + "\n")
+            summaries[stage] = summary
+        report = build_report(summaries, time.perf_counter() - t_start, self.seed)
+        atomic_write_text(self.out / "report.json", json.dumps(report, indent=2) + "\n")
+        atomic_write_text(self.out / "report.md", report_markdown(report))
+        return report
+
+    def say(self, text):
+        if self.progress:
+            print(text, flush=True)
+
+
+def build_report(summaries, total_seconds, seed):
+    """report.json: the keys other tools read (see the README), plus each stage's summary."""
+    rw, pp = summaries["reward"], summaries["ppo"]
+    return {
+        "seed": seed,
+        "wall_seconds": {**{s: summaries[s]["wall_seconds"] for s in STAGES if s != "data"},
+                         "total": total_seconds},
+        "pretrain": {"val_loss": summaries["pretrain"]["val_loss"]},
+        "sft": {"val_loss": summaries["sft"]["val_loss"]},
+        "reward": {"val_accuracy": rw["val_accuracy"], "train_accuracy": rw.get("train_accuracy"),
+                   "labeler_agreement": rw.get("labeler_agreement")},
+        "ppo": {"kl_final": pp["kl_final"], "reward_start": pp["reward_start"], "reward_end": pp["reward_end"],
+                "gold_start": pp["gold_start"], "gold_end": pp["gold_end"]},
+        "eval": summaries["eval"]["eval"],
+    }
+
+
+def summary_table(report):
+    """The table the pipeline prints at the end."""
+    w, ev = report["wall_seconds"], report["eval"]
+    rows = [
+        ("time", " ".join(f"{k} {v:.0f}s" for k, v in w.items())),
+        ("pretrain val loss", f"{report['pretrain']['val_loss']:.3f}"),
+        ("SFT val loss", f"{report['sft']['val_loss']:.3f}"),
+        ("RM held-out accuracy", f"{report['reward']['val_accuracy']:.1%}"),
+        ("PPO RM reward", f"{report['ppo']['reward_start']:.3f} -> {report['ppo']['reward_end']:.3f} "
+                          f"(KL {report['ppo']['kl_final']:.2f})"),
+    ]
+    for key, wr in ev["win_rate"].items():
+        rows.append((f"win rate {key.replace('_vs_', ' over ')}", f"{wr['value']:.1%} [{wr['ci95'][0]:.1%}, {wr['ci95'][1]:.1%}]"))
+    for metric in ("gold_score", "truthfulness"):
+        rows.append((metric.replace("_", " "), "  ".join(f"{m} {v:.3f}" for m, v in ev[metric].items())))
+    for condition, by_model in ev["toxicity"].items():
+        rows.append((f"toxicity ({condition})", "  ".join(f"{m} {v:.1%}" for m, v in by_model.items())))
+    width = max(len(r[0]) for r in rows)
+    return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
+
+
+def report_markdown(report):
+    return (f"# minirlhf pipeline report (seed {report['seed']})\n\n```\n{summary_table(report)}\n```\n\n"
+            + summary_markdown(report["eval"]) + "\n")
+
+
+def add_parser(subparsers):
+    p = subparsers.add_parser(
+        "pipeline",
+        help="the whole recipe end to end: data, pretrain, SFT, reward model, PPO, eval",
+        description="Run the ChatGPT recipe on the built-in toy world and write every stage's checkpoint, "
+        "metrics and plots into the run folder, then report.json and report.md.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--preset", choices=sorted(PRESETS), default="demo", help="sizes and steps of every stage")
+    p.add_argument("--seed", type=int, default=0, help="seed of the toy world and of every stage")
+    p.add_argument("--out", type=Path, default=None, help="run folder (default runs/PRESET-seedN)")
+    p.add_argument("--resume", action="store_true", help="skip finished stages, continue an interrupted one")
+    p.set_defaults(func=run)
+
+
+def run(args):
+    out = args.out or Path("runs") / f"{args.preset}-seed{args.seed}"
+    if out.exists() and any(out.iterdir()) and not args.resume:
+        raise MinirlhfError(f"{out} already holds a run; use --resume to continue it, or another --out")
+    report = Pipeline(out, PRESETS[args.preset], args.seed).run(resume=args.resume)
+    print()
+    print(summary_table(report))
+    print(f"\nreport: {out / 'report.md'}   plots: {out / 'eval'}")
+
+
+

@@ -1,0 +1,67 @@
+"""`minirlhf sample`: continue a prompt with a trained model.
+
+    minirlhf sample --ckpt runs/pretrain --prompt "jacob loves" --num-samples 3
+"""
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from minirlhf.checkpoint import load_gpt
+
+
+def resolve_checkpoint(path):
+    """Accept a checkpoint directory or a run directory that holds one in checkpoint/."""
+    path = Path(path)
+    return path / "checkpoint" if (path / "checkpoint" / "config.json").exists() else path
+
+
+def generate_ids(model, tokenizer, prompts, rng, max_new_tokens=100, temperature=1.0, top_k=None, top_p=None):
+    """Continue each prompt string. Returns (prompt_ids, response_ids, finished):
+    token-id lists, where a finished response ends with end-of-text. An empty prompt
+    starts from end-of-text, as a fresh document would."""
+    prompt_ids = [tokenizer.encode(p) or [tokenizer.eot_id] for p in prompts]
+    responses, finished = model.generate(prompt_ids, max_new_tokens, rng, temperature, top_k, top_p, stop_id=tokenizer.eot_id)
+    return prompt_ids, responses, finished
+
+
+def response_text(tokenizer, response_ids, finished):
+    """The text of a response, without its end-of-text token."""
+    return tokenizer.decode(response_ids[:-1] if finished else response_ids)
+
+
+def complete(model, tokenizer, prompts, rng, max_new_tokens=100, temperature=1.0, top_k=None, top_p=None):
+    """Continue each prompt string -> [(response text, finished)]."""
+    _, responses, finished = generate_ids(model, tokenizer, prompts, rng, max_new_tokens, temperature, top_k, top_p)
+    return [(response_text(tokenizer, r, f), f) for r, f in zip(responses, finished)]
+
+
+def add_parser(subparsers):
+    p = subparsers.add_parser(
+        "sample",
+        help="generate text from a checkpoint",
+        description="Sample continuations of a prompt from a checkpoint, with a KV cache. "
+        "The output stops at the end-of-text token or after --max-new-tokens.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--ckpt", type=Path, required=True, help="checkpoint directory (or a run directory holding checkpoint/)")
+    p.add_argument("--prompt", default="", help="text to continue (empty: start a new document)")
+    p.add_argument("--num-samples", type=int, default=1)
+    p.add_argument("--max-new-tokens", type=int, default=100)
+    p.add_argument("--temperature", type=float, default=1.0, help="<1 sharper, >1 more random")
+    p.add_argument("--greedy", action="store_true", help="always take the most likely token (ignores temperature)")
+    p.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens only")
+    p.add_argument("--top-p", type=float, default=None, help="sample among the smallest set of tokens with this much probability")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=run)
+
+
+def run(args):
+    model, tokenizer = load_gpt(resolve_checkpoint(args.ckpt))
+    rng = np.random.default_rng(args.seed)
+    temperature = None if args.greedy else args.temperature
+    outputs = complete(model, tokenizer, [args.prompt] * args.num_samples, rng, args.max_new_tokens, temperature, args.top_k, args.top_p)
+    for i, (text, finished) in enumerate(outputs):
+        if args.num_samples > 1:
+            print(f"--- sample {i + 1}{'' if finished else ' (cut at --max-new-tokens)'}")
+        print(args.prompt + text)

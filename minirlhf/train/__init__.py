@@ -1,0 +1,1 @@
+"""The training stages of the recipe: pretrain, then SFT, reward model, PPO."""

@@ -1,0 +1,340 @@
+"""Step 3 of the article: optimise the policy against the reward model with PPO.
+
+    minirlhf ppo --policy runs/sft --reward runs/reward --out runs/ppo
+
+Four models take part, as in InstructGPT:
+  policy     the model being trained, initialised from SFT
+  reference  a frozen copy of the SFT model: the KL penalty is measured against it
+  reward     the frozen reward model: one score per finished response
+  value      a critic initialised from the reward model, trained alongside the policy
+
+Each iteration: sample responses to a batch of prompts (KV cache, at the temperature the
+log-probs are computed at), score them, shape the per-token reward with the KL penalty
+(ppo.kl_shaped_rewards), compute advantages (ppo.gae, whitened), then a few epochs of
+minibatch updates of the clipped surrogate (policy) and the clipped value loss (value).
+Every iteration logs the RM reward, the gold (labeler) score, the KL to the reference,
+entropy, clip fraction, approx-KL and value loss to metrics.jsonl.
+"""
+import argparse
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from minirlhf import ppo
+from minirlhf.checkpoint import load_checkpoint, load_gpt, save_checkpoint, save_gpt
+from minirlhf.datasets import load_prompts
+from minirlhf.errors import MinirlhfError
+from minirlhf.metrics import MetricsLog
+from minirlhf.model import ScalarModel
+from minirlhf.optim import AdamW, clip_grad_norm
+from minirlhf.plots import plot_metrics
+from minirlhf.reward import load_reward_model, scores_forward
+from minirlhf.sample import generate_ids, resolve_checkpoint, response_text
+from minirlhf.sequences import pack
+from minirlhf.toyworld import PromptFormatError, World, gold_score
+from minirlhf.train.loop import restore_rng, rng_state
+from minirlhf.train.pretrain import read_text, sample_windows
+
+
+@dataclass
+class PPOConfig:
+    iterations: int = 40
+    rollouts: int = 64  # prompts sampled per iteration
+    minibatch: int = 16
+    epochs: int = 4  # passes over each iteration's rollouts
+    lr: float = 2e-5
+    value_lr: float = 5e-5
+    beta: float = 0.02  # KL coefficient (InstructGPT's 0.02)
+    adaptive_kl: bool = False
+    kl_target: float = 6.0
+    kl_horizon: int = 10000
+    gamma: float = 1.0  # InstructGPT: no discount
+    lam: float = 0.95
+    clip: float = 0.2
+    value_clip: float = 0.2
+    vf_coef: float = 0.1
+    grad_clip: float = 1.0
+    temperature: float = 1.0  # sampling temperature, and the one log-probs are computed at
+    max_new_tokens: int = 48
+    missing_eos_penalty: float = 1.0  # subtracted from the score of a response that never stops
+    ptx_coef: float = 0.0  # PPO-ptx: weight of the pretraining loss (InstructGPT: 27.8)
+    ptx_batch: int = 8
+    save_every: int = 10
+    seed: int = 0
+
+
+class PPOTrainer:
+    """Holds the four models, the optimisers and the controller; `iteration()` runs one
+    rollout + update cycle and returns its metrics."""
+
+    def __init__(self, policy, reference, reward_model, value_model, tokenizer, prompts, config, world=None,
+                 ptx_tokens=None, rng=None):
+        self.policy, self.reference, self.reward_model, self.value_model = policy, reference, reward_model, value_model
+        self.tokenizer = tokenizer
+        self.prompts = prompts
+        self.config = config
+        self.world = world
+        self.ptx_tokens = ptx_tokens
+        self.rng = rng if rng is not None else np.random.default_rng(config.seed)
+        self.policy_opt = AdamW(policy.params, lr=config.lr, betas=(0.9, 0.95), weight_decay=0.0)
+        self.value_opt = AdamW(value_model.params, lr=config.value_lr, betas=(0.9, 0.95), weight_decay=0.0)
+        self.kl_ctl = ppo.AdaptiveKLController(config.beta, config.kl_target, config.kl_horizon)
+        self.iterations_done = 0
+
+    # -- one iteration -----------------------------------------------------
+
+    def rollout(self):
+        """Sample responses to a batch of prompts and score everything the update needs."""
+        cfg, tok = self.config, self.tokenizer
+        chosen = self.rng.choice(len(self.prompts), size=min(cfg.rollouts, len(self.prompts)), replace=False)
+        texts = [self.prompts[i] for i in chosen]
+        prompt_ids, response_ids, finished = generate_ids(self.policy, tok, texts, self.rng, cfg.max_new_tokens, cfg.temperature)
+        batch = pack(prompt_ids, response_ids, tok.pad_id, self.policy.config.block_size)
+        mask = batch.response_mask
+        logp, cache = self.policy.logprobs_forward(batch.idx, batch.targets, temperature=cfg.temperature)
+        ref_logp, _ = self.reference.logprobs_forward(batch.idx, batch.targets, temperature=cfg.temperature)
+        values, _ = self.value_model.values_forward(batch.idx)
+        scores, _ = scores_forward(self.reward_model, batch)  # (B,), read at each last token
+        finished = np.array(finished)
+        shaped_scores = scores - cfg.missing_eos_penalty * ~finished
+        rewards, kl = ppo.kl_shaped_rewards(logp, ref_logp, shaped_scores, mask, self.kl_ctl.beta)
+        advantages, returns = ppo.gae(rewards, values, mask, cfg.gamma, cfg.lam)
+        return {
+            "texts": texts, "response_ids": response_ids, "finished": finished, "batch": batch, "mask": mask,
+            "logp": logp, "values": values, "scores": scores, "kl": kl, "rewards": rewards,
+            "advantages": ppo.whiten(advantages, mask), "returns": returns,
+            "entropy": ppo.entropy_from_logits(cache[0], mask),
+        }
+
+    def update(self, roll):
+        """Epochs of minibatch updates on one rollout batch. Returns mean diagnostics."""
+        cfg = self.config
+        batch, mask = roll["batch"], roll["mask"]
+        stats = {"policy_loss": [], "value_loss": [], "clip_frac": [], "approx_kl": [], "ptx_loss": []}
+        n = len(batch.idx)
+        for _ in range(cfg.epochs):
+            order = self.rng.permutation(n)
+            for start in range(0, n, cfg.minibatch):
+                mb = order[start : start + cfg.minibatch]
+                logp, cache = self.policy.logprobs_forward(batch.idx[mb], batch.targets[mb], temperature=cfg.temperature)
+                loss, dlogp, st = ppo.policy_loss(logp, roll["logp"][mb], roll["advantages"][mb], mask[mb], cfg.clip)
+                grads = self.policy.logprobs_backward(dlogp, cache)
+                if cfg.ptx_coef > 0 and self.ptx_tokens is not None:
+                    x, y = sample_windows(self.ptx_tokens, self.policy.config.block_size, cfg.ptx_batch, self.rng)
+                    ptx_loss, ptx_grads = self.policy.loss_and_grads(x, y)
+                    grads.flat += cfg.ptx_coef * ptx_grads.flat
+                    stats["ptx_loss"].append(ptx_loss)
+                self._step(self.policy_opt, grads, loss)
+                values, vcache = self.value_model.values_forward(batch.idx[mb])
+                vloss, dvalues = ppo.value_loss(values, roll["values"][mb], roll["returns"][mb], mask[mb], cfg.value_clip)
+                self._step(self.value_opt, self.value_model.values_backward(cfg.vf_coef * dvalues, vcache), vloss)
+                stats["policy_loss"].append(loss)
+                stats["value_loss"].append(vloss)
+                stats["clip_frac"].append(st.clip_frac)
+                stats["approx_kl"].append(st.approx_kl)
+        return {k: float(np.mean(v)) for k, v in stats.items() if v}
+
+    def _step(self, optimizer, grads, loss):
+        norm = clip_grad_norm(grads, self.config.grad_clip)
+        if not (np.isfinite(loss) and np.isfinite(norm)):
+            raise MinirlhfError(
+                f"PPO diverged at iteration {self.iterations_done + 1} (loss {loss}, gradient norm {norm}); "
+                "stopped, the last saved checkpoint is intact. Try a lower --lr or a larger --beta."
+            )
+        optimizer.step(grads)
+
+    def iteration(self):
+        roll = self.rollout()
+        diag = self.update(roll)
+        kl_per_seq = float(roll["kl"].sum(axis=1).mean())
+        record = {
+            "rm_reward": float(roll["scores"].mean()),
+            "gold_score": self.gold(roll),
+            "kl": kl_per_seq,
+            "reward_total": float(roll["rewards"].sum(axis=1).mean()),
+            "entropy": roll["entropy"],
+            "beta": self.kl_ctl.beta,
+            "response_tokens": float(roll["mask"].sum(axis=1).mean()),
+            "finished_rate": float(roll["finished"].mean()),
+            **diag,
+        }
+        if self.config.adaptive_kl:
+            self.kl_ctl.update(kl_per_seq, len(roll["texts"]))
+        self.iterations_done += 1
+        return record
+
+    def gold(self, roll):
+        """Mean gold (labeler) score of the rollouts: the truth the RM only estimates.
+        None when the prompts are not the toy world's (the labeler cannot read them)."""
+        if self.world is None:
+            return None
+        texts = [response_text(self.tokenizer, r, f) for r, f in zip(roll["response_ids"], roll["finished"])]
+        try:
+            return float(np.mean([gold_score(self.world, p, t, f) for p, t, f in zip(roll["texts"], texts, roll["finished"])]))
+        except PromptFormatError:
+            self.world = None
+            return None
+
+    # -- checkpoints -------------------------------------------------------
+
+    def save(self, out_dir):
+        out_dir = Path(out_dir)
+        state = {"iteration": self.iterations_done, "rng": rng_state(self.rng), "beta": self.kl_ctl.beta}
+        save_checkpoint(out_dir / "value", self.value_model.params,
+                        {"kind": "reward", "model": self.value_model.config.to_dict(), "dtype": self.value_model.dtype.name,
+                         "stage": "ppo-value"}, self.tokenizer, self.value_opt.state_dict())
+        # The policy is saved last: its state.json marks the iteration as complete.
+        save_gpt(out_dir / "checkpoint", self.policy, self.tokenizer, self.policy_opt.state_dict(), state,
+                 stage="ppo", ppo=asdict(self.config))
+
+    def restore(self, out_dir):
+        """Continue from OUT/checkpoint and OUT/value (written by `save`)."""
+        out_dir = Path(out_dir)
+        policy_ckpt = load_checkpoint(out_dir / "checkpoint", kind="lm")
+        value_ckpt = load_checkpoint(out_dir / "value", kind="reward")
+        self.policy.load_params(policy_ckpt.params)
+        self.value_model.load_params(value_ckpt.params)
+        if policy_ckpt.optimizer is None or value_ckpt.optimizer is None:
+            raise MinirlhfError(f"{out_dir}: the checkpoint has no optimizer state; it cannot be resumed")
+        self.policy_opt.load_state_dict(policy_ckpt.optimizer)
+        self.value_opt.load_state_dict(value_ckpt.optimizer)
+        self.iterations_done = int(policy_ckpt.state["iteration"])
+        self.rng = restore_rng(policy_ckpt.state["rng"])
+        self.kl_ctl.beta = float(policy_ckpt.state["beta"])
+
+
+PANELS = {
+    "reward": ["rm_reward", "gold_score", "reward_total"],
+    "KL to the SFT model": ["kl"],
+    "entropy": ["entropy"],
+    "PPO diagnostics": ["clip_frac", "approx_kl"],
+    "value loss": ["value_loss"],
+}
+
+
+def run_ppo(policy_path, reward_path, out_dir, prompts_path, config=None, world_path=None, ptx_text=None,
+            resume=False, progress=True):
+    """Train a policy with PPO. Returns a summary dict (reward at start/end, final KL, ...)."""
+    config = config or PPOConfig()
+    out_dir = Path(out_dir)
+    policy, tokenizer = load_gpt(resolve_checkpoint(policy_path))
+    reference, _ = load_gpt(resolve_checkpoint(policy_path))
+    reward_model, rm_tokenizer = load_reward_model(resolve_checkpoint(reward_path))
+    if rm_tokenizer != tokenizer:
+        raise MinirlhfError(f"{reward_path} and {policy_path} use different tokenizers; train the reward model from this policy's SFT checkpoint")
+    value_model = ScalarModel(reward_model.config, dtype=reward_model.dtype, params=reward_model.params)
+    prompts = [r["prompt"] for r in load_prompts(prompts_path)]
+    world = World.load(world_path) if world_path is not None and Path(world_path).exists() else None
+    ptx_tokens = None
+    if config.ptx_coef > 0:
+        if ptx_text is None:
+            raise MinirlhfError("--ptx-coef needs --ptx-text (the pretraining text to mix in)")
+        ptx_tokens = np.asarray(tokenizer.encode(read_text(ptx_text)), dtype=np.int64)
+    trainer = PPOTrainer(policy, reference, reward_model, value_model, tokenizer, prompts, config, world, ptx_tokens)
+    if resume:
+        trainer.restore(out_dir)
+    t0 = time.perf_counter()
+    records = []
+    with MetricsLog(out_dir / "metrics.jsonl", resume_after_step=trainer.iterations_done if resume else None) as metrics:
+        bar = tqdm(total=config.iterations, initial=trainer.iterations_done, desc="ppo", unit="it", disable=not progress,
+                   dynamic_ncols=True)
+        try:
+            while trainer.iterations_done < config.iterations:
+                record = trainer.iteration()
+                records.append(record)
+                metrics.log(step=trainer.iterations_done, **record)
+                bar.update(1)
+                bar.set_postfix(rm=f"{record['rm_reward']:.3f}", gold=f"{record['gold_score'] or float('nan'):.3f}",
+                                kl=f"{record['kl']:.2f}")
+                if trainer.iterations_done % config.save_every == 0 or trainer.iterations_done == config.iterations:
+                    trainer.save(out_dir)
+        finally:
+            bar.close()
+    plot_metrics(out_dir / "metrics.jsonl", out_dir / "ppo.png", PANELS, title="PPO")
+    return {
+        "reward_start": records[0]["rm_reward"] if records else None,
+        "reward_end": records[-1]["rm_reward"] if records else None,
+        "gold_start": records[0]["gold_score"] if records else None,
+        "gold_end": records[-1]["gold_score"] if records else None,
+        "kl_final": records[-1]["kl"] if records else None,
+        "iterations": trainer.iterations_done,
+        "wall_seconds": time.perf_counter() - t0,
+        "checkpoint": str(out_dir / "checkpoint"),
+    }
+
+
+# ----------------------------------------------------------------------------
+# command line
+
+HELP = {
+    "iterations": "rollout + update cycles",
+    "rollouts": "prompts sampled per iteration",
+    "minibatch": "rollouts per gradient step",
+    "epochs": "passes over each iteration's rollouts",
+    "lr": "policy learning rate",
+    "value_lr": "value-model learning rate",
+    "beta": "KL penalty coefficient (the start value with --adaptive-kl)",
+    "adaptive_kl": "adapt beta to hold the KL near --kl-target",
+    "kl_target": "target KL (nats per response) for --adaptive-kl",
+    "kl_horizon": "horizon (rollouts) of the adaptive KL controller",
+    "gamma": "discount",
+    "lam": "GAE lambda",
+    "clip": "PPO clip range epsilon",
+    "value_clip": "value clip range",
+    "vf_coef": "value-loss coefficient",
+    "grad_clip": "global gradient-norm clip",
+    "temperature": "sampling temperature (log-probs use the same)",
+    "max_new_tokens": "longest response",
+    "missing_eos_penalty": "subtracted from the score of a response without end-of-text",
+    "ptx_coef": "PPO-ptx: weight of the pretraining loss (needs --ptx-text)",
+    "ptx_batch": "pretraining windows per minibatch for PPO-ptx",
+    "save_every": "save a checkpoint every this many iterations",
+    "seed": "random seed",
+}
+
+
+def add_ppo_args(parser):
+    group = parser.add_argument_group("PPO")
+    defaults = PPOConfig()
+    for f in fields(PPOConfig):
+        flag = "--" + f.name.replace("_", "-")
+        value = getattr(defaults, f.name)
+        if isinstance(value, bool):
+            group.add_argument(flag, dest=f.name, action="store_true", help=HELP[f.name])
+        else:
+            group.add_argument(flag, dest=f.name, type=type(value), default=value, help=HELP[f.name])
+
+
+def ppo_config_from_args(args):
+    return PPOConfig(**{f.name: getattr(args, f.name) for f in fields(PPOConfig)})
+
+
+def add_parser(subparsers):
+    p = subparsers.add_parser(
+        "ppo",
+        help="optimise the SFT policy against the reward model with PPO (step 3)",
+        description="PPO with a per-token KL penalty to the SFT model. Writes OUT/checkpoint (the policy), "
+        "OUT/value (the critic), OUT/metrics.jsonl and OUT/ppo.png.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--policy", type=Path, required=True, help="SFT checkpoint (policy and frozen reference)")
+    p.add_argument("--reward", type=Path, required=True, help="reward-model checkpoint (also initialises the value model)")
+    p.add_argument("--out", type=Path, required=True, help="run directory to write")
+    p.add_argument("--prompts", type=Path, default=Path("data/ppo_prompts.jsonl"), help="PPO prompts (JSONL with a prompt key)")
+    p.add_argument("--world", type=Path, default=Path("data/world.json"), help="toy world, for the gold score (skipped if absent)")
+    p.add_argument("--ptx-text", type=Path, default=None, help="pretraining text for PPO-ptx")
+    p.add_argument("--resume", action="store_true", help="continue OUT where it stopped")
+    add_ppo_args(p)
+    p.set_defaults(func=run)
+
+
+def run(args):
+    summary = run_ppo(args.policy, args.reward, args.out, args.prompts, ppo_config_from_args(args), args.world,
+                      args.ptx_text, resume=args.resume)
+    print(f"RM reward {summary['reward_start']:.3f} -> {summary['reward_end']:.3f}, "
+          f"gold {summary['gold_start']} -> {summary['gold_end']}, KL {summary['kl_final']:.2f}, "
+          f"{summary['iterations']} iterations in {summary['wall_seconds']:.0f} s")
+    print(f"policy: {summary['checkpoint']}   metrics: {args.out / 'metrics.jsonl'}   plot: {args.out / 'ppo.png'}")
