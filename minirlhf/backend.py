@@ -17,10 +17,11 @@ DEFAULT = "numba"
 
 HOT_OPS = (
     "linear_forward", "linear_backward", "matmul", "embedding_backward",
+    "mlp_forward", "mlp_backward",
     "layernorm_forward", "layernorm_backward",
     "gelu_forward", "gelu_backward",
     "softmax_forward", "softmax_backward",
-    "attention_forward", "attention_backward",
+    "attention_forward", "attention_backward", "kv_cache_attention_forward",
     "token_logprobs_forward", "token_logprobs_backward",
 )  # fmt: skip
 

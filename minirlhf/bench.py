@@ -58,17 +58,38 @@ def _median_times(fn, min_repeats, min_seconds):
     return statistics.median(times), statistics.median(cpu_times)
 
 
-def _rss_mb():
-    """Resident memory of this process now (Linux /proc; the peak where unavailable)."""
+def _status_mb(field):
+    """A memory figure of this process from Linux's /proc/self/status (VmRSS: resident
+    now, VmHWM: the peak), in MB; None where there is no such file."""
     try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024
     except OSError:
-        return _peak_rss_mb()
+        pass
+    return None
+
+
+def _rss_mb():
+    """Resident memory of this process now (the peak where /proc is unavailable)."""
+    return _status_mb("VmRSS") or _peak_rss_mb()
 
 
 def _peak_rss_mb():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """Peak resident memory of this process. VmHWM, not getrusage's ru_maxrss: Linux
+    carries ru_maxrss over an exec from the forked parent, so a worker started by a
+    parent that has imported PyTorch would "peak" at the parent's size."""
+    return _status_mb("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _reset_peak_rss():
+    """Restart the peak (VmHWM) from the current resident size (Linux >= 4.0)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
 
 
 def flops_per_token(cfg):
@@ -149,10 +170,13 @@ def measure(preset, min_seconds=2.0, side="ours"):
 
     steps = _torch_steps if side == "torch" else _ours_steps
     _warm_up(steps)
+    rss_start = _rss_mb()
     cfg, B, model, x, y, rng = _setup(preset)
     n_new = min(GEN_TOKENS, cfg.block_size - 1)  # the context limits tiny's generation
-    rss_start = _rss_mb()
+    n_params = model.n_params
     train_step, generate = steps(model, x, y, rng, cfg)
+    del model  # (PyTorch's twin has its own copy of the weights; ours is kept by the steps)
+    _reset_peak_rss()  # (the moment both copies existed is not a training step's memory)
 
     t_first = time.perf_counter()
     train_step()  # warm-up: compiles (or loads cached) kernels
@@ -165,7 +189,7 @@ def measure(preset, min_seconds=2.0, side="ours"):
     return {
         "preset": preset,
         "backend": "torch" if side == "torch" else backend.name(),
-        "n_params": model.n_params,
+        "n_params": n_params,
         "train_tokens_per_s": B * cfg.block_size / step_time,
         "train_step_ms": step_time * 1e3,
         "train_tokens_per_cpu_s": B * cfg.block_size / step_cpu,
@@ -174,8 +198,8 @@ def measure(preset, min_seconds=2.0, side="ours"):
         "gen_tokens_per_cpu_s": GEN_BATCH * n_new / gen_cpu,
         "gen_new_tokens": n_new,
         "peak_rss_mb": _peak_rss_mb(),
-        # what the model, optimiser, activations and workspace added to the process
-        # (the libraries and their loaded kernels excluded: see _warm_up)
+        # the model, optimiser state, gradients, activations and workspace: what the
+        # measurement added to the process (the libraries and their kernels excluded)
         "train_mem_mb": train_peak - rss_start,
         "mem_mb": _peak_rss_mb() - rss_start,
         "flops_per_token": flops_per_token(cfg),
@@ -204,8 +228,9 @@ def fairness(preset_or_config, dtype=np.float32, seed=0, batch=None):
         y = rng.integers(-1, preset_or_config.vocab_size, size=shape)  # some ignored (-1)
     loss, grads = model.loss_and_grads(x, y)
     twin = TorchGPT(model)
-    torch_loss = twin.loss(torch.from_numpy(x), torch.from_numpy(y))
-    torch_loss.backward()
+    loss_tensor = twin.loss(torch.from_numpy(x), torch.from_numpy(y))
+    loss_tensor.backward()
+    torch_loss = loss_tensor.item()
     theirs = twin.grads_as_ours()
     worst = max(grads, key=lambda k: rel_error(grads[k], theirs[k]))
     return {
@@ -248,7 +273,9 @@ def first_step_time():
 
 
 def _worker_env(threads, backend_name="numba", **extra):
-    env = dict(os.environ, MINIRLHF_BACKEND=backend_name, OPENBLAS_NUM_THREADS="1", **extra)
+    """The worker's environment: the backend, and the thread count for our kernels and
+    PyTorch's (OPENBLAS_NUM_THREADS is inherited: minirlhf sets it to 1 unless you did)."""
+    env = dict(os.environ, MINIRLHF_BACKEND=backend_name, **extra)
     if threads:
         env.update(NUMBA_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads))
     return env
@@ -291,6 +318,7 @@ def compare_torch(presets, rounds, min_seconds, threads):
     alternating fresh processes; medians over rounds and their ratios."""
     if not _torch_available():
         raise MinirlhfError('--compare torch needs PyTorch: pip install -e ".[bench]" (or pip install torch)')
+    load_at_start = list(os.getloadavg())
     peak = run_isolated("peak", threads=threads)
     results = []
     for preset in presets:
@@ -302,7 +330,8 @@ def compare_torch(presets, rounds, min_seconds, threads):
             for side in ("ours", "torch"):
                 runs[side].append(run_isolated(side, preset, min_seconds=min_seconds, threads=threads))
         results.append(summarise(preset, runs, fair, peak))
-    return {"threads": threads, "rounds": rounds, "peak_gflops": peak, "load_avg": list(os.getloadavg()),
+    return {"threads": threads, "rounds": rounds, "peak_gflops": peak, "load_avg_start": load_at_start,
+            "load_avg": list(os.getloadavg()),
             "presets": results}  # fmt: skip
 
 
@@ -341,22 +370,26 @@ def format_table(results):
 
 
 def format_comparison(report):
-    head = (f"{'preset':<6} {'train tok/s ours':>16} {'torch':>8} {'ratio':>6}  {'gen tok/s ours':>14} {'torch':>7} "
-            f"{'ratio':>6}  {'mem MB ours':>11} {'torch':>6} {'ratio':>6}  {'MFU ours':>8} {'torch':>6}")  # fmt: skip
+    """The comparison as a table: per preset, ours, PyTorch's and the ratio ours / PyTorch
+    of training and generation tokens/s (wall clock; in brackets the ratio of tokens per
+    CPU-second, the steadier one on a busy machine) and of memory, then the MFU."""
+    head = (f"{'preset':<6} {'train tok/s ours':>16} {'torch':>7} {'ratio (cpu)':>13}  {'gen tok/s ours':>14} "
+            f"{'torch':>7} {'ratio':>6}  {'mem MB ours':>11} {'torch':>6} {'ratio':>6}  {'MFU ours':>8} {'torch':>6}")
+    load, load_start = (" ".join(f"{x:.2f}" for x in report[k]) for k in ("load_avg", "load_avg_start"))
     lines = [
-        f"threads {report['threads'] or 'default'}, {report['rounds']} alternating rounds, medians; "
-        f"float32 peak {report['peak_gflops']:.0f} GFLOP/s ({PEAK_SIZE}^3 product); "
-        f"load average {' '.join(f'{x:.2f}' for x in report['load_avg'])}",
+        f"threads {report['threads'] or 'default'}, {report['rounds']} alternating rounds, medians; float32 peak "
+        f"{report['peak_gflops']:.0f} GFLOP/s ({PEAK_SIZE}^3 product); load average {load_start} at the start, "
+        f"{load} at the end",
         head,
         "-" * len(head),
     ]
     for r in report["presets"]:
         o, t, q, m = r["ours"], r["torch"], r["ratio"], r["mfu"]
         lines.append(
-            f"{r['preset']:<6} {o['train_tokens_per_s']:>16,.0f} {t['train_tokens_per_s']:>8,.0f} "
-            f"{q['train_tokens_per_s']:>5.2f}x  {o['gen_tokens_per_s']:>14,.0f} {t['gen_tokens_per_s']:>7,.0f} "
-            f"{q['gen_tokens_per_s']:>5.2f}x  {o['mem_mb']:>11.0f} {t['mem_mb']:>6.0f} {q['mem_mb']:>5.2f}x  "
-            f"{m['ours']:>8.1%} {m['torch']:>6.1%}"
+            f"{r['preset']:<6} {o['train_tokens_per_s']:>16,.0f} {t['train_tokens_per_s']:>7,.0f} "
+            f"{q['train_tokens_per_s']:>5.2f}x ({q['train_tokens_per_cpu_s']:.2f}x)  "
+            f"{o['gen_tokens_per_s']:>14,.0f} {t['gen_tokens_per_s']:>7,.0f} {q['gen_tokens_per_s']:>5.2f}x  "
+            f"{o['mem_mb']:>11.0f} {t['mem_mb']:>6.0f} {q['mem_mb']:>5.2f}x  {m['ours']:>8.1%} {m['torch']:>6.1%}"
         )
     for r in report["presets"]:
         f = r["fairness"]
@@ -433,6 +466,7 @@ def _worker():
         result = measure(args.preset, args.min_seconds, side=args.worker)
     elif args.worker == "fair":
         result = fairness(args.preset)
+        _warm_up(_ours_steps)  # fills the Numba cache, so no timed process compiles
     elif args.worker == "peak":
         result = measure_peak_gflops()
     else:

@@ -1,6 +1,6 @@
 """Checkpoints: a directory anyone can read without this package.
 
-    DIR/config.json      what the model is: {"format", "version", "kind", "model": GPTConfig, "dtype", ...}
+    DIR/config.json      what the model is: {"format", "version", "kind", "arch", "model": its config, "dtype", ...}
     DIR/params.npz       the parameters by GPT-2 name (plain arrays; loaded with allow_pickle=False)
     DIR/tokenizer.json   the tokenizer that made the token ids
     DIR/optimizer.npz    optional: AdamW moments and step, to resume training exactly
@@ -10,6 +10,10 @@ Saving is atomic: everything is written to a sibling temporary directory, which 
 replaces DIR with two renames. A crash leaves either the old checkpoint or the new one,
 never a mixture; if it strikes between the renames, the old one waits at DIR.old and
 the loader says so. Never pickle: a pickle can run code when loaded.
+
+"kind" says what the model is for ("lm", "reward"); "arch" what it is built from:
+"gpt" (the default, and the only one every stage takes) or "lstm" (the article's
+comparison, see lstm.py: `pretrain --arch lstm` and `sample` take it).
 """
 import json
 import os
@@ -22,11 +26,23 @@ from pathlib import Path
 import numpy as np
 
 from minirlhf.errors import MinirlhfError
+from minirlhf.lstm import LSTMConfig, LSTMLanguageModel
 from minirlhf.model import GPT, GPTConfig
 from minirlhf.tokenizer import load_tokenizer, tokenizer_from_dict
 
 FORMAT = "minirlhf-checkpoint"
 VERSION = 1
+
+# "arch" in config.json -> (model class, config class). A checkpoint without "arch" is a GPT.
+ARCHS = {"gpt": (GPT, GPTConfig), "lstm": (LSTMLanguageModel, LSTMConfig)}
+
+
+def arch_of(model):
+    """The "arch" name of a model object."""
+    for name, (cls, _) in ARCHS.items():
+        if type(model) is cls:
+            return name
+    raise TypeError(f"no checkpoint arch for {type(model).__name__}")
 
 
 @dataclass
@@ -45,14 +61,27 @@ class Checkpoint:
         return self.config.get("kind", "lm")
 
     @property
+    def arch(self):
+        return self.config.get("arch", "gpt")
+
+    @property
     def model_config(self):
-        return GPTConfig.from_dict(self.config["model"])
+        return ARCHS[self.arch][1].from_dict(self.config["model"])
+
+    def lm(self, dtype=None):
+        """The language model this checkpoint holds, a GPT or an LSTM."""
+        shapes = self.model_config.param_shapes()
+        dtype = dtype or self.config.get("dtype", "float32")
+        return ARCHS[self.arch][0](self.model_config, dtype=dtype, params={k: self.params[k] for k in shapes})
 
     def gpt(self, dtype=None):
         """The GPT this checkpoint holds (an LM checkpoint, or a reward model's trunk)."""
-        shapes = self.model_config.param_shapes()
-        dtype = dtype or self.config.get("dtype", "float32")
-        return GPT(self.model_config, dtype=dtype, params={k: self.params[k] for k in shapes})
+        if self.arch != "gpt":
+            raise MinirlhfError(
+                f"{self.path}: holds an {self.arch.upper()} language model; this needs a GPT "
+                "(an LSTM checkpoint is for `pretrain --resume` and `sample` only)"
+            )
+        return self.lm(dtype)
 
 
 def _write_json(path, obj):
@@ -132,8 +161,13 @@ def load_checkpoint(path, kind=None):
         raise MinirlhfError(f"{path / 'config.json'}: checkpoint version {config.get('version')}, this minirlhf reads {VERSION}")
     if kind is not None and config.get("kind", "lm") != kind:
         raise MinirlhfError(f"{path}: is a {config.get('kind', 'lm')!r} checkpoint, expected {kind!r}")
+    arch = config.get("arch", "gpt")
+    if arch not in ARCHS:
+        raise MinirlhfError(f"{path / 'config.json'}: unknown arch {arch!r}; this minirlhf knows {', '.join(ARCHS)}")
+    if arch != "gpt" and config.get("kind", "lm") != "lm":
+        raise MinirlhfError(f"{path / 'config.json'}: a {config.get('kind')!r} checkpoint must be a GPT, not {arch!r}")
     try:
-        model_config = GPTConfig.from_dict(config["model"])
+        model_config = ARCHS[arch][1].from_dict(config["model"])
     except (TypeError, MinirlhfError) as e:
         raise MinirlhfError(f"{path / 'config.json'}: bad model config ({e})") from None
     try:
@@ -159,14 +193,20 @@ def load_checkpoint(path, kind=None):
 
 
 def load_gpt(path, dtype=None):
-    """A language-model checkpoint -> (GPT, tokenizer)."""
+    """A GPT language-model checkpoint -> (GPT, tokenizer)."""
     ckpt = load_checkpoint(path, kind="lm")
     return ckpt.gpt(dtype), ckpt.tokenizer
 
 
+def load_lm(path, dtype=None):
+    """A language-model checkpoint of any arch -> (GPT or LSTMLanguageModel, tokenizer)."""
+    ckpt = load_checkpoint(path, kind="lm")
+    return ckpt.lm(dtype), ckpt.tokenizer
+
+
 def save_gpt(path, model, tokenizer, optimizer=None, state=None, **meta):
-    """Save a GPT language model (plus optional optimizer/state) as a checkpoint."""
-    config = {"kind": "lm", "model": model.config.to_dict(), "dtype": model.dtype.name, **meta}
+    """Save a language model, GPT or LSTM (plus optional optimizer/state), as a checkpoint."""
+    config = {"kind": "lm", "arch": arch_of(model), "model": model.config.to_dict(), "dtype": model.dtype.name, **meta}
     save_checkpoint(path, model.params, config, tokenizer, optimizer, state)
 
 
@@ -176,4 +216,5 @@ def check_same_tokenizer(a, b, what_a, what_b):
         raise MinirlhfError(f"{what_a} and {what_b} use different tokenizers (vocabularies {a.vocab_size} and {b.vocab_size})")
 
 
-__all__ = ["Checkpoint", "save_checkpoint", "load_checkpoint", "load_gpt", "save_gpt", "load_tokenizer", "check_same_tokenizer"]
+__all__ = ["Checkpoint", "save_checkpoint", "load_checkpoint", "load_gpt", "load_lm", "save_gpt", "load_tokenizer",
+           "check_same_tokenizer"]

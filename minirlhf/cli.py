@@ -24,6 +24,10 @@ COMMAND_MODULES = [
     "minirlhf.sample",
     "minirlhf.evaluate",
     "minirlhf.bench",
+    "minirlhf.longrange",
+    "minirlhf.hf",
+    "minirlhf.exercises.student",
+    "minirlhf.notebook_tools",
 ]
 
 

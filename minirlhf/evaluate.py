@@ -153,9 +153,10 @@ def model_responder(model, tokenizer, max_new_tokens=MAX_NEW_TOKENS, temperature
 
 
 def demonstration_responder(world, labeler_id=HELD_OUT_LABELER):
-    """A responder that answers like the labeler's demonstrations: the ideal answers."""
+    """A responder that gives the labeler's ideal answers (complete, unlike many of the
+    SFT demonstrations, which are often terse)."""
     labeler = Labeler(world, labeler_id)
-    return lambda prompts, rng: [(labeler.write_demonstration(p, rng), True) for p in prompts]
+    return lambda prompts, rng: [(labeler.ideal_response(p, rng), True) for p in prompts]
 
 
 # ----------------------------------------------------------------------------

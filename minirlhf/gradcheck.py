@@ -16,6 +16,8 @@ mixes up positions, a random one cannot.
 """
 import numpy as np
 
+from minirlhf.params import FlatParams
+
 
 def rel_error(x, y):
     """||x - y|| / (||x|| + ||y||), Euclidean norms over the whole array.
@@ -86,3 +88,21 @@ def check_layer(forward, backward, inputs, rng, wrt=None, h=1e-5):
         numeric = numerical_gradient_array(lambda: forward(*inputs)[0], inputs[i], dout, h)
         results.append((i, rel_error(analytic, numeric), max_abs_diff(analytic, numeric)))
     return results
+
+
+def check_model_loss(model, idx, targets, dropout_seed=None, h=1e-5):
+    """Check `model.loss_and_grads(idx, targets)` w.r.t. every parameter.
+
+    Works for any model with the language-model contract (`params` a FlatParams,
+    `loss_and_grads(idx, targets, rng=)`). With dropout, every evaluation redraws the
+    same masks from a fresh `np.random.default_rng(dropout_seed)`. Returns
+    (rel_error over all parameters, max_abs_diff, {name: rel_error}).
+    """
+    def fresh_rng():
+        return None if dropout_seed is None else np.random.default_rng(dropout_seed)
+
+    _, grads = model.loss_and_grads(idx, targets, rng=fresh_rng())
+    numeric = numerical_gradient(lambda: model.loss_and_grads(idx, targets, rng=fresh_rng())[0], model.params.flat, h)
+    by_name = FlatParams(model.params.shapes, np.float64, numeric)
+    per_name = {name: rel_error(grads[name], by_name[name]) for name in model.params}
+    return rel_error(grads.flat, numeric), max_abs_diff(grads.flat, numeric), per_name

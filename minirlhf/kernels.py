@@ -1,8 +1,13 @@
-"""The hot ops of `layers.py` again, as Numba kernels: same signatures, same numbers, faster.
+"""The hot ops of `layers.py` again, fast: Numba kernels and BLAS split between the cores.
+Same signatures, same numbers.
 
 Each public function here has the signature and return structure of its namesake in
 `layers.py` (read that first: it is the specification, with the maths written out):
 
+    out, cache = linear_forward(x, w, b)                 dx, dw, db = linear_backward(dout, cache)
+    out = matmul(a, b)                                   (the tied LM head's products)
+    out, cache = mlp_forward(x, w_fc, b_fc, w_proj, b_proj)
+                                                         dx, dw_fc, db_fc, dw_proj, db_proj = mlp_backward(dout, cache)
     out, cache = layernorm_forward(x, w, b, eps=1e-5)    dx, dw, db = layernorm_backward(dout, cache)
     out, cache = gelu_forward(x)                         dx = gelu_backward(dout, cache)
     y, cache = softmax_forward(x)                        dx = softmax_backward(dout, cache)
@@ -10,44 +15,62 @@ Each public function here has the signature and return structure of its namesake
                                                          dqkv = attention_backward(dout, cache)
     logp, cache = token_logprobs_forward(logits, targets)
                                                          dlogits = token_logprobs_backward(dlogp, cache)
+    dwte, dwpe = embedding_backward(dout, cache)         (the cache of layers.embedding_forward)
+    adamw_update(p, g, m, v, decay, t, lr, beta1, beta2, eps, weight_decay)   (optim.adamw_update)
 
 `backend.py` picks this module or `layers.py`; `tests/test_kernels.py` holds the two to
 the same values (1e-10 relative in float64, 1e-5 in float32). The caches differ: each
 kernel keeps only what its own backward needs and recomputes the rest, so a cache must
 only ever be given to the backward of this module.
 
-How the kernels are written, and why:
+Where a training step's time goes (float32, one core, the `minirlhf bench` presets):
+60-70% in the matrix products of the linear layers and the LM head, which BLAS runs
+near the core's peak; 15-20% in attention; the rest in the elementwise ops. So:
+- Matrix products stay with BLAS, split by fixed blocks of rows (or columns) between
+  our threads (`_parallel`); BLAS itself runs single-threaded (minirlhf/__init__.py).
+- Attention is BLAS products on causal blocks with Numba softmax kernels in between
+  (see its section); the MLP runs block by block with its GELU recomputed in the
+  backward, so it keeps one (N, 4C) activation instead of two (see its section).
+- glibc is asked to keep freed memory for reuse (`_keep_freed_memory`): a step frees
+  and reallocates the same arrays, and faulting their pages in again cost 10-15%.
+
+How the Numba kernels are written, and why:
 - A thin Python wrapper flattens the leading axes (any (..., C) becomes (N, C)), makes
   the arrays C-contiguous (a no-op for arrays that already are, a copy for views such
   as a slice of qkv), allocates the outputs and runs one jitted kernel. So each kernel
   is compiled once per dtype (float32, float64), never per layout or rank.
-- A kernel is one plain loop nest over a range [lo, hi) of independent items (rows, or
-  (batch, head) pairs); `_parallel` hands the ranges to the cores. The kernels are
-  compiled `nogil=True`, so Python threads run them truly in parallel. (Not `prange`:
-  `parallel=True` doubles the one-off compile time of the twenty float32/float64
-  kernels, ~26 s instead of ~12 s of CPU, for the same run time.)
-- Inner loops run along contiguous memory and update independent elements
-  (p[j] += q * k[j]), which LLVM vectorises under strict IEEE rules. A sum into one
-  scalar cannot be vectorised without reordering its additions, so the sums that
-  matter go through `_sum` / `_dot`, compiled with 'reassoc' (the terms may be added
-  in any order, e.g. 8 lanes at a time, as NumPy's pairwise sums reorder them too).
-  `_exp_nonpositive` may fuse a * b + c into one FMA ('contract'). Nothing else is
-  relaxed: infinities, NaN and all other rounding follow IEEE.
+- A kernel is one plain loop nest over a range [lo, hi) of independent items (rows,
+  blocks of elements, sequences); `_parallel` hands the ranges to the cores. The
+  kernels are compiled `nogil=True`, so Python threads run them truly in parallel.
+  (Not `prange`: `parallel=True` doubles the one-off compile time, and NumPy's
+  products, which need Python threads anyway, would then compete with a second pool.)
+- Every item is computed the same way whatever the split, so results do not depend on
+  the number of threads (bit for bit: tests/test_kernels.py checks it).
+- Inner loops run along contiguous memory, index from 0 (see `_item_range`), and
+  update independent elements (p[j] += q * k[j]), which LLVM vectorises under strict
+  IEEE rules. A sum into one scalar cannot be vectorised without reordering its
+  additions, so the sums that matter go through `_sum` / `_dot`, compiled with
+  'reassoc' (the terms may be added in any order, e.g. 8 lanes at a time, as NumPy's
+  pairwise sums reorder them too). `_exp_nonpositive` may fuse a * b + c into one FMA
+  ('contract'). Nothing else is relaxed: infinities, NaN and all other rounding follow
+  IEEE. `error_model="numpy"`: a division by zero gives inf or NaN as in NumPy, instead
+  of Python's ZeroDivisionError, whose check on every division stops vectorisation
+  (it made GELU's division 8x slower).
 - Every exp goes through `_exp_nonpositive`, a vectorisable exp written out in plain
   arithmetic: Numba's math.exp is a scalar libm call (vectorised only with Intel's
-  SVML), ~1.5-2x slower, and exp bounds softmax, GELU, token_logprobs and a fifth of
-  attention.
+  SVML), and exp bounds softmax, GELU, token_logprobs and part of attention.
 - Arithmetic and sums stay in the input dtype (constants are cast with
   `x.dtype.type(...)`, since a bare Python float would promote float32 to float64).
   float32 agrees with the float32 reference to ~2e-7 relative (worst 4e-7, layernorm,
   where the kernel is the closer of the two to the float64 result).
 - `cache=True`: compiled code is stored in `__pycache__`, so only the first run on a
-  machine pays the compile time (~12 s of CPU for everything; ~1 s to load it after).
+  machine pays the compile time (`minirlhf bench --startup` measures both).
 """
 import itertools
 import math
 import os
-from concurrent.futures import ThreadPoolExecutor
+import queue
+import threading
 
 import numba
 import numpy as np
@@ -56,6 +79,7 @@ from numba import njit, types
 from numba.core.extending import intrinsic
 
 from minirlhf.errors import MinirlhfError
+from minirlhf import layers
 from minirlhf.layers import GELU_SCALE, dropout_mask
 
 # ----------------------------------------------------------------------------
@@ -63,41 +87,103 @@ from minirlhf.layers import GELU_SCALE, dropout_mask
 
 THREADS = max(1, int(numba.config.NUMBA_NUM_THREADS))  # set NUMBA_NUM_THREADS=1 to run serially
 _MIN_PARALLEL_WORK = 1 << 19  # below ~500k inner-loop steps (~0.2 ms), one thread is faster
-_pool = None
-_pool_pid = None
 
 
-def _parallel(kernel, n, work, *args):
+class _Job:
+    """One call of `_parallel`: its parts are taken in turn (`next(taken)` is atomic under
+    the GIL) by whichever thread is free, and the thread that finishes the last part
+    releases `done`."""
+
+    def __init__(self, kernel, bounds, args):
+        self.kernel, self.bounds, self.args = kernel, bounds, args
+        self.parts = len(bounds) - 1
+        self.taken, self.finished = itertools.count(), itertools.count(1)
+        self.done = threading.Lock()
+        self.done.acquire()
+        self.error = None
+
+    def run(self):
+        while (i := next(self.taken)) < self.parts:
+            try:
+                self.kernel(self.bounds[i], self.bounds[i + 1], *self.args)
+            except BaseException as e:  # handed to the calling thread, which raises it
+                self.error = e
+            if next(self.finished) == self.parts:
+                self.done.release()
+
+
+class _Helpers:
+    """THREADS - 1 threads, each waiting on its own queue for a _Job to help with.
+    (A queue.SimpleQueue put/get is the cheapest wake-up Python has: ~10 us per call of
+    `_parallel`, a quarter of what a ThreadPoolExecutor future costs; a training step
+    of the tiny preset makes about fifty such calls.)"""
+
+    def __init__(self, n):
+        self.pid = os.getpid()
+        self.queues = [queue.SimpleQueue() for _ in range(n)]
+        for q in self.queues:
+            threading.Thread(target=self._serve, args=(q,), daemon=True, name="minirlhf-kernel").start()
+
+    @staticmethod
+    def _serve(q):
+        while True:
+            q.get().run()
+
+
+_helpers = None
+
+
+def _parallel(kernel, n, work, *args, coarse=False):
     """Run kernel(lo, hi, *args) over items 0..n-1, split between THREADS threads.
 
     `work` estimates the inner-loop steps of the whole call; small calls run inline.
-    The items are cut into up to 4 parts per thread, taken in turn by whichever
-    thread is free (the calling thread included), so a core slowed by other work
-    does not hold everybody up. Every item is computed the same way whatever the
-    split, so results do not depend on the number of threads.
+    The items are cut into up to 4 parts per thread (or, if `coarse`, each item is a
+    part of its own: blocks of a product, tasks of unequal sizes), taken in turn by
+    whichever thread is free (the calling thread included), so a core slowed by other
+    work does not hold everybody up, and a helper that wakes up late finds nothing
+    left to do. Every item is computed the same way whatever the split, so results do
+    not depend on the number of threads.
     """
-    global _pool, _pool_pid
-    parts = min(n, 4 * THREADS) if THREADS > 1 and work >= _MIN_PARALLEL_WORK else 1
+    global _helpers
+    parts = (n if coarse else min(n, 4 * THREADS)) if THREADS > 1 and work >= _MIN_PARALLEL_WORK else 1
     if parts <= 1:
         if n:
             kernel(0, n, *args)
         return
-    if _pool is None or _pool_pid != os.getpid():  # a forked child has no pool threads
-        _pool = ThreadPoolExecutor(THREADS - 1, thread_name_prefix="minirlhf-kernel")
-        _pool_pid = os.getpid()
-    bounds = [n * i // parts for i in range(parts + 1)]
-    next_part = itertools.count()  # next() is atomic under the GIL
+    if _helpers is None or _helpers.pid != os.getpid() or len(_helpers.queues) < THREADS - 1:
+        _helpers = _Helpers(THREADS - 1)  # (a forked child has no helper threads)
+    job = _Job(kernel, [n * i // parts for i in range(parts + 1)], args)
+    for q in _helpers.queues[: min(THREADS, parts) - 1]:
+        q.put(job)
+    job.run()
+    job.done.acquire()  # the last part finished (at once, if this thread did it)
+    if job.error is not None:
+        raise job.error
 
-    def worker():
-        while (i := next(next_part)) < parts:
-            kernel(bounds[i], bounds[i + 1], *args)
 
-    helpers = [_pool.submit(worker) for _ in range(min(THREADS, parts) - 1)]
-    worker()
-    for f in helpers:
-        if not f.cancel():  # a helper that never started (a busy machine) is not waited for
-            f.result()
+def _keep_freed_memory():
+    """Ask glibc's malloc to keep freed memory for reuse rather than hand it back to the
+    system. A training step allocates and frees the same few hundred arrays every time;
+    by default each large one is a fresh mmap, and its pages are faulted in (and zeroed
+    by the kernel) again on every step: 2,000-10,000 page faults a step, 10-15% of a
+    small model's step time. With these two settings (arrays up to 32 MB come from the
+    heap, and the heap is never trimmed) a step after the first faults no page at all.
+    The peak memory is unchanged; the process just keeps its peak. It applies to the
+    whole process, from the first use of the numba backend on; glibc only: elsewhere
+    (macOS, musl) this does nothing."""
+    import ctypes
+    import ctypes.util
 
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+    return bool(mallopt(M_MMAP_THRESHOLD, 32 << 20)) and bool(mallopt(M_TRIM_THRESHOLD, 1 << 30))
+
+
+KEEPS_FREED_MEMORY = _keep_freed_memory()
 
 # ----------------------------------------------------------------------------
 # Shared helpers
@@ -221,23 +307,58 @@ def _exp_nonpositive(a):
 # written into its place in the output, so the result is the same whatever the split.
 
 
+_ROWS = 256  # rows per block of a product split by rows
+_COLUMNS = 256  # columns per block of a product split by columns
+
+
+def _blocks(n, size):
+    """[start, stop) of the fixed-size blocks of range(n). The split is the same for any
+    number of threads, so BLAS sees the same sub-products, and rounds the same way."""
+    return [(i, min(n, i + size)) for i in range(0, n, size)]
+
+
 def _matmul_rows(lo, hi, a, b, out):
-    np.matmul(a[lo:hi], b, out=out[lo:hi])
+    for r0, r1 in _blocks(a.shape[0], _ROWS)[lo:hi]:
+        np.matmul(a[r0:r1], b, out=out[r0:r1])
 
 
 def _linear_forward_rows(lo, hi, x, w, b, out):
-    np.matmul(x[lo:hi], w, out=out[lo:hi])
-    out[lo:hi] += b  # while these rows are still in cache
+    for r0, r1 in _blocks(x.shape[0], _ROWS)[lo:hi]:
+        np.matmul(x[r0:r1], w, out=out[r0:r1])
+        out[r0:r1] += b  # while these rows are still in cache
 
 
-def _linear_weight_grad_columns(lo, hi, x, dout, dw, db):
-    np.matmul(x.T, dout[:, lo:hi], out=dw[:, lo:hi])
-    np.sum(dout[:, lo:hi], axis=0, out=db[lo:hi])
+def _run_tasks(lo, hi, tasks):
+    """Run tasks lo..hi-1 of a list of (function, args): several products, of different
+    shapes, as the items of one `_parallel` call."""
+    for fn, args in tasks[lo:hi]:
+        fn(*args)
+
+
+def _input_grad(r0, r1, dout, w, dx):
+    """Rows r0..r1-1 of dx = dout w^T."""
+    np.matmul(dout[r0:r1], w.T, out=dx[r0:r1])
+
+
+def _weight_grad(c0, c1, x, dout, dw, db):
+    """Columns c0..c1-1 of dw = x^T dout and db = sum(dout): sums over all rows, so split
+    by columns (each column's sum is computed whole)."""
+    np.matmul(x.T, dout[:, c0:c1], out=dw[:, c0:c1])
+    np.sum(dout[:, c0:c1], axis=0, out=db[c0:c1])
+
+
+def _linear_grad_tasks(x, w, dout, dx, dw, db):
+    """The tasks of a linear layer's backward: dw and db by blocks of columns, then dx
+    (skipped if None) by blocks of rows. x (N, Cin), w (Cin, Cout), dout (N, Cout).
+    The big tasks come first, so that the threads end together on the small ones."""
+    N, Cout = dout.shape
+    tasks = [(_weight_grad, (c0, c1, x, dout, dw, db)) for c0, c1 in _blocks(Cout, _COLUMNS)]
+    return tasks + ([] if dx is None else [(_input_grad, (r0, r1, dout, w, dx)) for r0, r1 in _blocks(N, _ROWS)])
 
 
 def _parallel_matmul(a, b, out):
     """out = a @ b for 2-D a (N, K), b (K, M): rows of a split between the threads."""
-    _parallel(_matmul_rows, a.shape[0], a.shape[0] * a.shape[1] * b.shape[1], a, b, out)
+    _parallel(_matmul_rows, -(-a.shape[0] // _ROWS), a.shape[0] * a.shape[1] * b.shape[1], a, b, out, coarse=True)
     return out
 
 
@@ -251,16 +372,21 @@ def matmul(a, b):
     return _parallel_matmul(a2, b, out).reshape(*a.shape[:-1], b.shape[1])
 
 
-def linear_forward(x, w, b):
-    """See layers.linear_forward. x (..., Cin), w (Cin, Cout), b (Cout,) -> out (..., Cout);
-    the bias is added to each block of rows right after its product."""
+def _check_linear(x, w, b):
     x, w, b = np.asarray(x), np.asarray(w), np.asarray(b)
     if x.ndim < 1 or w.ndim != 2 or x.shape[-1] != w.shape[0] or b.shape != (w.shape[1],):
         raise MinirlhfError(f"linear: x {x.shape}, w {w.shape}, b {b.shape} do not fit x @ w + b")
+    return x, w, b
+
+
+def linear_forward(x, w, b):
+    """See layers.linear_forward. x (..., Cin), w (Cin, Cout), b (Cout,) -> out (..., Cout);
+    the bias is added to each block of rows right after its product."""
+    x, w, b = _check_linear(x, w, b)
     x2 = x.reshape(-1, x.shape[-1])
     N, (Cin, Cout) = x2.shape[0], w.shape
     out = np.empty((N, Cout), np.result_type(x, w, b))
-    _parallel(_linear_forward_rows, N, N * Cin * Cout, x2, w, b, out)
+    _parallel(_linear_forward_rows, -(-N // _ROWS), N * Cin * Cout, x2, w, b, out, coarse=True)
     return out.reshape(*x.shape[:-1], Cout), (x2, w, x.shape)
 
 
@@ -271,11 +397,79 @@ def linear_backward(dout, cache):
     N, (Cin, Cout) = x2.shape[0], w.shape
     dtype = np.result_type(x2, w)
     dout2 = _check_dout(dout, (*shape[:-1], Cout), dtype, "linear").reshape(N, Cout)
-    dx = _parallel_matmul(dout2, w.T, np.empty((N, Cin), dtype))
-    dw = np.empty((Cin, Cout), dtype)
-    db = np.empty(Cout, dtype)
-    _parallel(_linear_weight_grad_columns, Cout, N * Cin * Cout, x2, dout2, dw, db)
+    dx, dw, db = np.empty((N, Cin), dtype), np.empty((Cin, Cout), dtype), np.empty(Cout, dtype)
+    tasks = _linear_grad_tasks(x2, w, dout2, dx, dw, db)
+    _parallel(_run_tasks, len(tasks), 2 * N * Cin * Cout, tasks, coarse=True)
     return dx.reshape(shape), dw, db
+
+
+# ----------------------------------------------------------------------------
+# The MLP, fused by blocks of rows
+#
+# layers.mlp_forward is linear -> GELU -> linear, three passes over (N, 4C) arrays, and
+# it keeps both the GELU's input h and its output a for the backward: the two largest
+# activations of the model. Every row of the MLP is independent of the others, so here
+# the three steps run on one block of _MLP_ROWS rows at a time, while the block's h
+# and a are still in the core's cache; a is only a scratch block, never stored. The
+# backward recomputes a from h (GELU's exp was needed for its derivative anyway), so
+# the model keeps one (N, 4C) array per layer instead of two, as PyTorch keeps two.
+
+_MLP_ROWS = 256  # rows per block: a block's h and a (<= 2 MB at C = 256) stay in cache
+
+
+def _mlp_forward_rows(lo, hi, x, w_fc, b_fc, w_proj, b_proj, h, out):
+    """Row blocks lo..hi-1 of the MLP, one at a time: h = x w_fc + b_fc (kept),
+    a = gelu(h) (scratch), out = a w_proj + b_proj."""
+    a = np.empty((min(_MLP_ROWS, x.shape[0]), h.shape[1]), h.dtype)
+    for r0, r1 in _blocks(x.shape[0], _MLP_ROWS)[lo:hi]:
+        np.matmul(x[r0:r1], w_fc, out=h[r0:r1])
+        h[r0:r1] += b_fc
+        block = a[: r1 - r0]
+        _gelu_forward_kernel(0, _items(block.size), h[r0:r1].reshape(-1), block.reshape(-1))
+        np.matmul(block, w_proj, out=out[r0:r1])
+        out[r0:r1] += b_proj
+
+
+def _mlp_backward_rows(lo, hi, dout, h, w_proj, a, dh):
+    """Row blocks lo..hi-1: recompute a = gelu(h) and gelu'(h) with one exp, then
+    dh = (dout w_proj^T) * gelu'(h)."""
+    da = np.empty((min(_MLP_ROWS, h.shape[0]), h.shape[1]), h.dtype)
+    for r0, r1 in _blocks(h.shape[0], _MLP_ROWS)[lo:hi]:
+        _gelu_and_derivative(h[r0:r1].reshape(-1), a[r0:r1].reshape(-1), dh[r0:r1].reshape(-1))
+        block = da[: r1 - r0]
+        np.matmul(dout[r0:r1], w_proj.T, out=block)
+        dh[r0:r1] *= block
+
+
+def mlp_forward(x, w_fc, b_fc, w_proj, b_proj, ops=None):
+    """See layers.mlp_forward. x (..., C) -> out (..., C). `ops` is ignored: this is the
+    numba backend's own MLP. The cache keeps x and h (the GELU's input), not a."""
+    x, w_fc, b_fc = _check_linear(x, w_fc, b_fc)
+    _check_linear(np.empty((0, w_proj.shape[0]), x.dtype), w_proj, b_proj)
+    dtype = np.result_type(x, w_fc, b_fc)
+    x2 = _as_float(x.reshape(-1, x.shape[-1]), dtype)
+    N, (C, C4) = x2.shape[0], w_fc.shape
+    h = np.empty((N, C4), dtype)
+    out = np.empty((N, w_proj.shape[1]), np.result_type(dtype, w_proj, b_proj))
+    _parallel(_mlp_forward_rows, -(-N // _MLP_ROWS), 2 * N * C * C4, x2, w_fc, b_fc, w_proj, b_proj, h, out,
+              coarse=True)
+    return out.reshape(*x.shape[:-1], out.shape[1]), (x2, h, w_fc, w_proj, x.shape)
+
+
+def mlp_backward(dout, cache):
+    """See layers.mlp_backward. dout (..., C) -> dx, dw_fc, db_fc, dw_proj, db_proj."""
+    x2, h, w_fc, w_proj, shape = cache
+    N, (C, C4) = x2.shape[0], w_fc.shape
+    dtype = h.dtype
+    dout2 = _check_dout(dout, (*shape[:-1], w_proj.shape[1]), dtype, "mlp").reshape(N, -1)
+    a, dh = np.empty_like(h), np.empty_like(h)
+    _parallel(_mlp_backward_rows, -(-N // _MLP_ROWS), N * C * C4, dout2, h, w_proj, a, dh, coarse=True)
+    dx, dw_fc, db_fc = np.empty((N, C), dtype), np.empty((C, C4), dtype), np.empty(C4, dtype)
+    dw_proj, db_proj = np.empty(w_proj.shape, dtype), np.empty(w_proj.shape[1], dtype)
+    tasks = _linear_grad_tasks(a, w_proj, dout2, None, dw_proj, db_proj)
+    tasks += _linear_grad_tasks(x2, w_fc, dh, dx, dw_fc, db_fc)
+    _parallel(_run_tasks, len(tasks), 3 * N * C * C4, tasks, coarse=True)
+    return dx.reshape(shape), dw_fc, db_fc, dw_proj, db_proj
 
 
 # ----------------------------------------------------------------------------
@@ -451,6 +645,21 @@ def _item_range(a, lo, hi):
     return a[lo * _ELEMENTS_PER_ITEM : min(a.size, hi * _ELEMENTS_PER_ITEM)]
 
 
+@njit(cache=True, nogil=True, error_model="numpy")
+def _gelu_and_derivative(x, out, deriv):
+    """out = gelu(x) and deriv = gelu'(x) for 1-D arrays, with one exp per element (the
+    MLP's backward, which recomputes the GELU instead of keeping its output)."""
+    s = x.dtype.type(GELU_SCALE)
+    a3 = x.dtype.type(3.0 * 0.044715)
+    one = x.dtype.type(1.0)
+    two = x.dtype.type(2.0)
+    _gelu_sigmoid(x, deriv)
+    for i in range(x.size):
+        xi, sig = x[i], deriv[i]
+        out[i] = xi * sig
+        deriv[i] = sig * (one + two * xi * (one - sig) * s * (one + a3 * xi * xi))
+
+
 def _items(size):
     return (size + _ELEMENTS_PER_ITEM - 1) // _ELEMENTS_PER_ITEM
 
@@ -532,9 +741,10 @@ def softmax_backward(dout, cache):
 # below, one pass over the scores each, in place.
 #
 # The work is cut two ways:
-# - by batch rows: a range of sequences is one item for `_parallel`, and its scores
-#   (rows, H, T, T) live in a scratch buffer of at most ~1 MB, so they stay in the
-#   core's cache between the product that writes them and the kernel that reads them;
+# - by sequences: a range of sequences is one item for `_parallel`, and its scores
+#   (n, H, T, T) live in a scratch buffer of at most _SCRATCH_BYTES (or one sequence),
+#   so they stay in the core's cache between the product that writes them and the
+#   kernel that reads them;
 # - causally, by query blocks of _CAUSAL_BLOCK rows: block [r0, r1) only needs keys
 #   0..r1-1, so the products skip most of the upper triangle (5/8 of the work of the
 #   full T x T at T = 4 blocks) instead of computing scores that the mask throws away.
@@ -543,7 +753,7 @@ def softmax_backward(dout, cache):
 # attention's trade: one more product for O(T) instead of O(T^2) memory).
 
 _CAUSAL_BLOCK = 64  # query rows per causal block
-_SCRATCH_BYTES = 1 << 20  # scores of one work item (the L2 cache of one core)
+_SCRATCH_BYTES = 1 << 19  # scores of one work item (half the L2 cache of one core)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -619,29 +829,29 @@ def _heads(qkv, n_head):
     return q, k, v
 
 
-def _blocks(T):
+def _causal_blocks(T):
     """The causal query blocks [r0, r1) of a length-T sequence."""
-    return [(r0, min(T, r0 + _CAUSAL_BLOCK)) for r0 in range(0, T, _CAUSAL_BLOCK)]
+    return _blocks(T, _CAUSAL_BLOCK)
 
 
 def _causal_matmul_rows(a, b, out, T):
     """out[.., r0:r1, :] = a[.., r0:r1, :r1] @ b[.., :r1, :] block by block: products whose
     row t only needs columns/rows 0..t of the shared T axis (P V, dS K)."""
-    for r0, r1 in _blocks(T):
+    for r0, r1 in _causal_blocks(T):
         np.matmul(a[..., r0:r1, :r1], b[..., :r1, :], out=out[..., r0:r1, :])
 
 
 def _causal_matmul_scores(a, b_t, out, T):
     """out[.., r0:r1, :r1] = a[.., r0:r1, :] @ b_t[.., :, :r1]: scores-shaped products
     (Q K^T, dO V^T) computed only where a causal block can be non-zero."""
-    for r0, r1 in _blocks(T):
+    for r0, r1 in _causal_blocks(T):
         np.matmul(a[..., r0:r1, :], b_t[..., :, :r1], out=out[..., r0:r1, :r1])
 
 
 def _causal_matmul_transposed(p, x, out, T):
     """out[.., c0:c1, :] = p[.., c0:, c0:c1]^T @ x[.., c0:, :]: the products that sum over
     queries (dV = P^T dO, dK = dS^T Q), where key j only gets terms from queries t >= j."""
-    for c0, c1 in _blocks(T):
+    for c0, c1 in _causal_blocks(T):
         np.matmul(np.swapaxes(p[..., c0:, c0:c1], -1, -2), x[..., c0:, :], out=out[..., c0:c1, :])
 
 
@@ -699,7 +909,8 @@ def attention_forward(qkv, n_head, dropout=0.0, rng=None):
     lse = np.empty((B, n_head, T), qkv.dtype)
     if T:
         per = _attention_items(B, n_head, T, qkv.itemsize)
-        _parallel(_attention_forward_part, -(-B // per), B * T * T * C3 // 3, per, qkv, n_head, mask, out, lse)
+        _parallel(_attention_forward_part, -(-B // per), B * T * T * C3 // 3, per, qkv, n_head, mask, out, lse,
+                  coarse=True)
     return out, (qkv, lse, mask, n_head)
 
 
@@ -711,7 +922,8 @@ def attention_backward(dout, cache):
     dqkv = np.empty_like(qkv)
     if T:
         per = _attention_items(B, n_head, T, qkv.itemsize)
-        _parallel(_attention_backward_part, -(-B // per), 3 * B * T * T * C3 // 3, per, dout, qkv, lse, n_head, mask, dqkv)
+        _parallel(_attention_backward_part, -(-B // per), 3 * B * T * T * C3 // 3, per, dout, qkv, lse, n_head, mask,
+                  dqkv, coarse=True)
     return dqkv
 
 # ----------------------------------------------------------------------------
@@ -741,6 +953,64 @@ def adamw_update(p, g, m, v, decay, t, lr, beta1, beta2, eps, weight_decay):
     args = (dt(1.0 - lr * weight_decay), dt(beta1), dt(beta2), dt(lr / (1.0 - beta1**t)),
             dt(1.0 / (1.0 - beta2**t)), dt(eps))  # fmt: skip
     _parallel(_adamw_kernel, _items(p.size), 4 * p.size, p, g, m, v, decay, *args)
+
+
+# ----------------------------------------------------------------------------
+# Attention with a KV cache (generation: one new token per step)
+#
+# Generating a token is a matrix-vector product per head: one query against the cached
+# keys and values. At those sizes the NumPy reference spends its time on overhead
+# (masks, splits, reshapes, half a dozen calls per layer); one fused loop per head is
+# ten times quicker.
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _kv_cache_attention_kernel(lo, hi, qkv, n_head, K, V, pos0, out):
+    """layers.kv_cache_attention_forward for (batch, head) items lo..hi-1: write the t
+    new keys and values at positions pos0.., then each new query i attends to keys
+    0..pos0+i (causal), softmax, weighted sum of values into out (B, t, C)."""
+    B, t, C3 = qkv.shape
+    C = C3 // 3
+    D = C // n_head
+    scale = qkv.dtype.type(1.0 / math.sqrt(D))
+    p = np.empty(pos0 + t, qkv.dtype)
+    for bh in range(lo, hi):
+        b, h = bh // n_head, bh % n_head
+        for i in range(t):
+            K[b, h, pos0 + i] = qkv[b, i, C + h * D : C + (h + 1) * D]
+            V[b, h, pos0 + i] = qkv[b, i, 2 * C + h * D : 2 * C + (h + 1) * D]
+        for i in range(t):
+            q = qkv[b, i, h * D : (h + 1) * D]
+            n = pos0 + i + 1
+            for j in range(n):
+                p[j] = _dot(q, K[b, h, j])
+            m = p[0]
+            for j in range(n):
+                m = max(m, p[j])
+            for j in range(n):
+                p[j] = (p[j] - m) * scale
+            _exp_nonpositive(p[:n])
+            inv = qkv.dtype.type(1.0) / _sum(p[:n])
+            o = out[b, i, h * D : (h + 1) * D]
+            o[:] = 0.0
+            for j in range(n):
+                w = p[j] * inv
+                v = V[b, h, j]
+                for d in range(D):
+                    o[d] += w * v[d]
+
+
+def kv_cache_attention_forward(qkv, n_head, kv, pos0):
+    """See layers.kv_cache_attention_forward. qkv (B, t, 3C) -> out (B, t, C); the new keys
+    and values are written into kv = (K, V), each (B, H, T_max, D), at positions pos0.."""
+    qkv = _as_float(qkv)
+    K, V = kv
+    B, t, C3 = qkv.shape
+    if K.dtype != qkv.dtype or not (K.flags.c_contiguous and V.flags.c_contiguous) or pos0 + t > K.shape[2]:
+        return layers.kv_cache_attention_forward(qkv, n_head, kv, pos0)  # (unusual buffers: the reference)
+    out = np.empty((B, t, C3 // 3), qkv.dtype)
+    _parallel(_kv_cache_attention_kernel, B * n_head, B * t * (pos0 + t) * C3 // 3, qkv, n_head, K, V, pos0, out)
+    return out
 
 
 # ----------------------------------------------------------------------------

@@ -12,10 +12,11 @@ derived by hand, and the derivation is written next to it.
 Shapes: B batch, T time (tokens), C channels (n_embd), H heads, D = C // H head size,
 V vocabulary. Every function works in the dtype of its inputs (float32 or float64).
 
-The "hot" primitives (linear, matmul, layernorm, gelu, softmax, attention,
-token_logprobs, embedding_backward) also have fast versions in `kernels.py` with the
+The "hot" ops (linear, matmul, layernorm, gelu, softmax, attention, token_logprobs,
+embedding_backward, and the MLP) also have fast versions in `kernels.py` with the
 same signatures; `backend.py` chooses one set. The composite layers here (`mlp`,
-`block`) call the primitives through `ops`, so one composition runs on either backend.
+`block`) call the primitives through `ops`, so one composition runs on either backend
+(the numba backend replaces `mlp` as a whole: it fuses its three steps).
 """
 import math
 
@@ -399,12 +400,12 @@ def block_forward(x, p, n_head, dropout=0.0, rng=None, ops=None, kv=None, pos0=0
     if kv is None:
         a, attn_cache = ops.attention_forward(qkv, n_head, dropout, rng)  # steps 2-4: (B, T, C)
     else:
-        a, attn_cache = kv_cache_attention_forward(qkv, n_head, kv, pos0), None
+        a, attn_cache = ops.kv_cache_attention_forward(qkv, n_head, kv, pos0), None
     a, c_proj_cache = ops.linear_forward(a, p["attn.c_proj.weight"], p["attn.c_proj.bias"])
     a, drop1_cache = dropout_forward(a, dropout, rng)
     x = x + a
     h, ln2_cache = ops.layernorm_forward(x, p["ln_2.weight"], p["ln_2.bias"])
-    m, mlp_cache = mlp_forward(h, p["mlp.c_fc.weight"], p["mlp.c_fc.bias"], p["mlp.c_proj.weight"], p["mlp.c_proj.bias"], ops)
+    m, mlp_cache = ops.mlp_forward(h, p["mlp.c_fc.weight"], p["mlp.c_fc.bias"], p["mlp.c_proj.weight"], p["mlp.c_proj.bias"], ops)
     m, drop2_cache = dropout_forward(m, dropout, rng)
     out = x + m
     return out, (ln1_cache, c_attn_cache, attn_cache, c_proj_cache, drop1_cache, ln2_cache, mlp_cache, drop2_cache, ops)
@@ -418,7 +419,7 @@ def block_backward(dout, cache):
     ln1_cache, c_attn_cache, attn_cache, c_proj_cache, drop1_cache, ln2_cache, mlp_cache, drop2_cache, ops = cache
     g = {}
     dm = dropout_backward(dout, drop2_cache)
-    dh, g["mlp.c_fc.weight"], g["mlp.c_fc.bias"], g["mlp.c_proj.weight"], g["mlp.c_proj.bias"] = mlp_backward(dm, mlp_cache)
+    dh, g["mlp.c_fc.weight"], g["mlp.c_fc.bias"], g["mlp.c_proj.weight"], g["mlp.c_proj.bias"] = ops.mlp_backward(dm, mlp_cache)
     dx_ln2, g["ln_2.weight"], g["ln_2.bias"] = ops.layernorm_backward(dh, ln2_cache)
     dx = dout + dx_ln2
     da = dropout_backward(dx, drop1_cache)

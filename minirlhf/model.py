@@ -192,7 +192,8 @@ class GPT:
     def lm_forward(self, idx, rng=None):
         """idx (B, T) -> logits (B, T, V), cache. The head is h @ wte.T (tied)."""
         h, trunk_cache = self.trunk_forward(idx, rng)
-        logits = trunk_cache[-1].matmul(h, self.params["wte.weight"].T)  # (B, T, V)
+        ops = trunk_cache[-1]  # the backend the trunk ran on
+        logits = ops.matmul(h, self.params["wte.weight"].T)  # (B, T, V)
         return logits, (h, trunk_cache)
 
     def lm_backward(self, dlogits, cache, grads=None):
@@ -201,7 +202,7 @@ class GPT:
         The tied weight collects two gradients: here, from logits = h wte^T,
         d wte = dlogits^T h; then, inside trunk_backward, the embedding lookup's."""
         h, trunk_cache = cache
-        ops = trunk_cache[-1]
+        ops = trunk_cache[-1]  # the backend the forward ran on
         grads = self.params.zeros_like() if grads is None else grads
         C = h.shape[-1]
         V = dlogits.shape[-1]
@@ -258,7 +259,8 @@ class GPT:
     def cached_logits(self, idx, pos0, kv):
         """Logits for tokens idx (B, t) at positions pos0.., reading and extending `kv`."""
         h, trunk_cache = self.trunk_forward(idx, kv=kv, pos0=pos0)
-        return trunk_cache[-1].matmul(h, self.params["wte.weight"].T)  # (B, t, V)
+        ops = trunk_cache[-1]  # the backend the trunk ran on
+        return ops.matmul(h, self.params["wte.weight"].T)  # (B, t, V)
 
     def generate(self, prompts, max_new_tokens, rng, temperature=1.0, top_k=None, top_p=None, stop_id=None):
         """Sample a continuation of each prompt, all prompts in one batch.

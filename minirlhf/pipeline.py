@@ -103,8 +103,9 @@ class Pipeline:
         config = replace(self.preset.ppo, seed=self.seed)
         resume = resume and (self.folder("ppo") / "checkpoint" / "state.json").exists()
         data = self.folder("data")
-        return run_ppo(self.folder("sft"), self.folder("reward"), self.folder("ppo"), data / "ppo_prompts.jsonl", config,
-                       world_path=data / "world.json", ptx_text=data / "corpus.txt", resume=resume, progress=self.progress)
+        reward_config = replace(self.preset.reward, seed=self.seed)
+        return run_ppo(self.folder("sft"), self.folder("reward"), self.folder("ppo"), config, data,
+                       ptx_text=data / "corpus.txt", reward_config=reward_config, resume=resume, progress=self.progress)
 
     def eval(self, resume):
         world, sets = load_eval_sets(self.folder("data"))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from minirlhf.checkpoint import load_gpt
+from minirlhf.checkpoint import load_lm
 
 
 def resolve_checkpoint(path):
@@ -57,7 +57,7 @@ def add_parser(subparsers):
 
 
 def run(args):
-    model, tokenizer = load_gpt(resolve_checkpoint(args.ckpt))
+    model, tokenizer = load_lm(resolve_checkpoint(args.ckpt))  # a GPT or an LSTM
     rng = np.random.default_rng(args.seed)
     temperature = None if args.greedy else args.temperature
     outputs = complete(model, tokenizer, [args.prompt] * args.num_samples, rng, args.max_new_tokens, temperature, args.top_k, args.top_p)

@@ -46,8 +46,13 @@ def insulter(prompts, rng):
 
 
 def sampled(world):
-    """An imperfect model: ideal answers with typical mistakes."""
-    return lambda prompts, rng: [sample_response(world, p, rng) for p in prompts]
+    """An imperfect model: the ideal answer three times in four, otherwise one of the toy
+    world's typical mistakes (which alone are often no better than chatter)."""
+    ideal = demonstration_responder(world, 2)
+
+    def respond(prompts, rng):
+        return [ideal([p], rng)[0] if rng.random() < 0.75 else sample_response(world, p, rng) for p in prompts]
+    return respond
 
 
 def rumour_monger(records):

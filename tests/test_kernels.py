@@ -1,18 +1,19 @@
-"""The Numba kernels (kernels.py) against the NumPy reference (layers.py).
+"""The Numba kernels (kernels.py) against the NumPy reference (layers.py, optim.py).
 
 For every hot op: the forward outputs and the backward gradients (for a random upstream
 gradient) agree to 1e-10 relative in float64 and 1e-5 in float32, on odd shapes, on
 non-contiguous views, with ignored targets and with dropout drawn from the same seed.
-The finite-difference checks of the kernels' gradients are in test_layers.py.
+Finite-difference checks: test_layers.py for the primitives, here for the ops only the
+numba backend composes its own way (linear, the fused MLP, embedding_backward).
 """
 import inspect
 
 import numpy as np
 import pytest
 
-from minirlhf import backend, kernels, layers
+from minirlhf import backend, kernels, layers, optim
 from minirlhf.errors import MinirlhfError
-from minirlhf.gradcheck import max_abs_diff, rel_error
+from minirlhf.gradcheck import check_layer, max_abs_diff, rel_error
 
 DTYPES = [np.float64, np.float32]
 TOL = {np.float64: 1e-10, np.float32: 1e-5}
@@ -26,7 +27,7 @@ def assert_agree(got, want, dtype, what):
     assert rel < TOL[dtype], f"{what}: rel error {rel:.2e} (max abs diff {max_abs_diff(got, want):.2e})"
 
 
-def check_op(op, args, rng, dtype, what, dout_view=None):
+def check_op(op, args, rng, dtype, what, dout_view=None, reference=None):
     """Run op's forward and backward on both backends and compare every output.
 
     args are the forward's arguments (shared, so both backends see the same arrays);
@@ -34,6 +35,8 @@ def check_op(op, args, rng, dtype, what, dout_view=None):
     Returns the kernels' forward output."""
     fwd_k, bwd_k = getattr(kernels, op + "_forward"), getattr(kernels, op + "_backward")
     fwd_l, bwd_l = getattr(layers, op + "_forward"), getattr(layers, op + "_backward")
+    if reference is not None:  # a composite whose reference takes the numpy ops
+        fwd_l = lambda *a: getattr(layers, op + "_forward")(*a, ops=reference)  # noqa: E731
     out_k, cache_k = fwd_k(*args)
     out_l, cache_l = fwd_l(*args)
     assert_agree(out_k, out_l, dtype, f"{what} forward")
@@ -129,6 +132,101 @@ def test_softmax_with_minus_inf(rng, dtype):
 
 
 # ----------------------------------------------------------------------------
+# Linear layers, the LM head's matmul, the fused MLP, the embedding's backward
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape, c_out", [((4, 33, 24), 40), ((7, 5), 3), ((1, 1, 1, 9), 1)])
+def test_linear(rng, dtype, shape, c_out):
+    x = (rng.standard_normal(shape) + 0.3).astype(dtype)
+    w = rng.standard_normal((shape[-1], c_out)).astype(dtype)
+    b = rng.standard_normal(c_out).astype(dtype)
+    check_op("linear", (x, w, b), rng, dtype, f"linear{shape}x{c_out}")
+    check_op("linear", (x[..., ::2], w[::2], b), rng, dtype, "linear on strided views",
+             dout_view=lambda d: np.asfortranarray(d))
+
+
+def test_linear_bad_shapes(rng):
+    with pytest.raises(MinirlhfError, match="linear"):
+        kernels.linear_forward(rng.standard_normal((2, 5)), rng.standard_normal((4, 3)), np.zeros(3))
+    with pytest.raises(MinirlhfError, match="linear"):
+        kernels.linear_forward(rng.standard_normal((2, 4)), rng.standard_normal((4, 3)), np.zeros(4))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_matmul(rng, dtype):
+    h = rng.standard_normal((3, 50, 16)).astype(dtype)
+    wte = rng.standard_normal((37, 16)).astype(dtype)
+    assert_agree(kernels.matmul(h, wte.T), layers.matmul(h, wte.T), dtype, "h @ wte.T")
+    d = rng.standard_normal((150, 37)).astype(dtype)
+    assert_agree(kernels.matmul(d.T, h.reshape(-1, 16)), d.T @ h.reshape(-1, 16), dtype, "d.T @ h")
+    v = rng.standard_normal(16).astype(dtype)
+    assert_agree(kernels.matmul(h, v), h @ v, dtype, "a matrix times a vector (NumPy's own path)")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(3, 21, 12), (300, 8), (1, 1, 4)])
+def test_mlp(rng, dtype, shape, monkeypatch):
+    """The fused MLP (blocks of rows, GELU recomputed in the backward) against
+    layers.mlp_forward composed from the NumPy ops. Small row blocks, so a call has
+    several blocks and a partial last one."""
+    monkeypatch.setattr(kernels, "_MLP_ROWS", 16)
+    C = shape[-1]
+    x = (rng.standard_normal(shape) * 1.5).astype(dtype)
+    params = (rng.standard_normal((C, 4 * C)) * 0.5, rng.standard_normal(4 * C) * 0.3,
+              rng.standard_normal((4 * C, C)) * 0.5, rng.standard_normal(C) * 0.3)
+    check_op("mlp", (x, *[a.astype(dtype) for a in params]), rng, dtype, f"mlp{shape}",
+             reference=backend.ops("numpy"))
+
+
+@pytest.mark.parametrize("op, make_args", [
+    ("linear", lambda rng: [rng.standard_normal((2, 3, 5)) + 0.3, rng.standard_normal((5, 7)), rng.standard_normal(7)]),
+    ("mlp", lambda rng: [rng.standard_normal((2, 3, 4)), rng.standard_normal((4, 16)) * 0.5,
+                         rng.standard_normal(16) * 0.1, rng.standard_normal((16, 4)) * 0.5, rng.standard_normal(4) * 0.1]),
+])  # fmt: skip
+def test_fused_ops_against_finite_differences(rng, op, make_args):
+    forward, backward = getattr(kernels, op + "_forward"), getattr(kernels, op + "_backward")
+    for i, rel, diff in check_layer(forward, backward, make_args(rng), rng):
+        assert rel < 1e-6, f"{op}: input {i} rel error {rel:.2e} (max abs diff {diff:.2e})"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_embedding_backward(rng, dtype):
+    """Repeated tokens sum their gradients; positions start at pos0 (KV-cache offsets)."""
+    V, T_max, C = 11, 9, 6
+    idx = rng.integers(0, V, size=(4, 5))
+    idx[:, 0] = 3  # one token many times
+    wte, wpe = rng.standard_normal((V, C)).astype(dtype), rng.standard_normal((T_max, C)).astype(dtype)
+    for pos0 in (0, 4):
+        _, cache = layers.embedding_forward(idx, wte, wpe, pos0)
+        dout = rng.standard_normal((4, 5, C)).astype(dtype)
+        for got, want, name in zip(kernels.embedding_backward(dout, cache), layers.embedding_backward(dout, cache),
+                                   ("dwte", "dwpe")):  # fmt: skip
+            assert_agree(got, want, dtype, f"embedding {name} pos0={pos0}")
+
+
+# ----------------------------------------------------------------------------
+# AdamW, fused
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_adamw_update_matches_reference(rng, dtype):
+    """kernels.adamw_update (one pass) against optim.adamw_update (NumPy, a pass per
+    formula) over several steps, with a decay mask, on a buffer of several items."""
+    n = 3 * kernels._ELEMENTS_PER_ITEM + 17
+    decay = rng.random(n) < 0.7
+    p0 = rng.standard_normal(n).astype(dtype)
+    states = [[p0.copy(), np.zeros(n, dtype), np.zeros(n, dtype)] for _ in range(2)]
+    for t in range(1, 4):
+        g = rng.standard_normal(n).astype(dtype)
+        for update, (p, m, v) in zip((kernels.adamw_update, optim.adamw_update), states):
+            update(p, g, m, v, decay, t, 3e-3, 0.9, 0.95, 1e-8, 0.1)
+    for (got, want), name in zip(zip(*states), ("p", "m", "v")):
+        assert_agree(got, want, dtype, f"AdamW {name}")
+    assert not np.allclose(states[0][0], p0)
+
+
+# ----------------------------------------------------------------------------
 # Attention
 
 
@@ -147,6 +245,47 @@ def test_softmax_with_minus_inf(rng, dtype):
 def test_attention(rng, dtype, B, T, C, H):
     qkv = (rng.standard_normal((B, T, 3 * C)) * 1.3).astype(dtype)
     check_op("attention", (qkv, H), rng, dtype, f"attention B={B} T={T} C={C} H={H}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dropout", [0.0, 0.25])
+def test_attention_many_causal_blocks_and_items(rng, dtype, dropout, monkeypatch):
+    """Small causal blocks and a small scratch budget: a sequence spans many blocks (the
+    last one partial) and the batch many work items, as base's T = 256 does."""
+    monkeypatch.setattr(kernels, "_CAUSAL_BLOCK", 8)
+    monkeypatch.setattr(kernels, "_SCRATCH_BYTES", 1)  # one sequence per item
+    B, T, C, H = 3, 45, 12, 3
+    qkv = (rng.standard_normal((B, T, 3 * C)) * 1.3).astype(dtype)
+    out_k, cache_k = kernels.attention_forward(qkv, H, dropout, np.random.default_rng(4))
+    out_l, cache_l = layers.attention_forward(qkv, H, dropout, np.random.default_rng(4))
+    assert_agree(out_k, out_l, dtype, "attention forward, many blocks")
+    dout = rng.standard_normal(out_l.shape).astype(dtype)
+    assert_agree(kernels.attention_backward(dout, cache_k), layers.attention_backward(dout, cache_l), dtype,
+                 "attention backward, many blocks")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("t, pos0", [(1, 0), (1, 13), (4, 0), (3, 9)])
+def test_kv_cache_attention(rng, dtype, t, pos0):
+    """Generation's attention: the same output as the reference, and the same keys and
+    values written into the cache (one new token, or a prompt of several)."""
+    B, C, H, T_max = 3, 12, 3, 16
+    qkv = (rng.standard_normal((B, t, 3 * C)) * 1.3).astype(dtype)
+    cache = rng.standard_normal((2, B, H, T_max, C // H)).astype(dtype)
+    kv_k, kv_l = (cache[0].copy(), cache[1].copy()), (cache[0].copy(), cache[1].copy())
+    out = kernels.kv_cache_attention_forward(qkv, H, kv_k, pos0)
+    assert_agree(out, layers.kv_cache_attention_forward(qkv, H, kv_l, pos0), dtype, f"kv-cache attention t={t}")
+    for got, want in zip(kv_k, kv_l):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_kv_cache_attention_unusual_buffers_use_the_reference(rng):
+    """A cache of another dtype than qkv (or a strided one) goes to the reference."""
+    qkv = rng.standard_normal((2, 1, 3 * 8)).astype(np.float32)
+    kv = (np.zeros((2, 2, 5, 4)), np.zeros((2, 2, 5, 4)))  # float64 buffers
+    want = layers.kv_cache_attention_forward(qkv, 2, (kv[0].copy(), kv[1].copy()), 2)
+    np.testing.assert_array_equal(kernels.kv_cache_attention_forward(qkv, 2, kv, 2), want)
+    assert kv[0][:, :, 2].any()
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -338,6 +477,7 @@ def test_results_do_not_depend_on_the_number_of_threads(rng, dtype, monkeypatch)
     qkv = rng.standard_normal((2, 64, 3 * 64)).astype(dtype)
     x = rng.standard_normal((70, 33, 64)).astype(dtype)
     w, b = rng.standard_normal(64).astype(dtype), rng.standard_normal(64).astype(dtype)
+    w_fc, b_fc = rng.standard_normal((64, 256)).astype(dtype) * 0.1, rng.standard_normal(256).astype(dtype)
     logits = rng.standard_normal((300, 257)).astype(dtype)
     targets = rng.integers(-1, 257, size=300)
 
@@ -352,7 +492,13 @@ def test_results_do_not_depend_on_the_number_of_threads(rng, dtype, monkeypatch)
         results += [y, kernels.softmax_backward(x, cache)]
         lp, cache = kernels.token_logprobs_forward(logits, targets)
         results += [lp, kernels.token_logprobs_backward(lp, cache)]
-        return results
+        y, cache = kernels.linear_forward(x, w_fc, b_fc)
+        results += [y, *kernels.linear_backward(y, cache), kernels.matmul(x, w_fc)]
+        y, cache = kernels.mlp_forward(x, w_fc, b_fc, w_fc.T.copy(), b)
+        results += [y, *kernels.mlp_backward(x, cache)]
+        p, m, v = (a.copy() for a in (x.reshape(-1), np.zeros(x.size, dtype), np.zeros(x.size, dtype)))
+        kernels.adamw_update(p, x.reshape(-1)[::-1], m, v, p > 0, 1, 1e-2, 0.9, 0.95, 1e-8, 0.1)
+        return results + [p, m, v]
 
     monkeypatch.setattr(kernels, "_MIN_PARALLEL_WORK", 0)  # split even these small calls
     monkeypatch.setattr(kernels, "THREADS", 3)
@@ -360,3 +506,21 @@ def test_results_do_not_depend_on_the_number_of_threads(rng, dtype, monkeypatch)
     monkeypatch.setattr(kernels, "THREADS", 1)
     for a, b_ in zip(threaded, run()):
         np.testing.assert_array_equal(a, b_)
+
+
+def test_parallel_hands_errors_to_the_caller(monkeypatch):
+    """An exception in a part run by a helper thread is raised in the calling thread,
+    and the helpers are still there for the next call."""
+    monkeypatch.setattr(kernels, "THREADS", 3)
+    done = []
+
+    def kernel(lo, hi):
+        if lo <= 5 < hi:
+            raise ValueError("part with item 5")
+        done.append((lo, hi))
+
+    with pytest.raises(ValueError, match="item 5"):
+        kernels._parallel(kernel, 12, 1 << 30)
+    done.clear()
+    kernels._parallel(lambda lo, hi: done.append((lo, hi)), 12, 1 << 30)
+    assert sorted(done) == [(i, i + 1) for i in range(12)]

@@ -6,8 +6,7 @@ import pytest
 from minirlhf import GPT, GPTConfig
 from minirlhf.model import ScalarModel
 from minirlhf.errors import MinirlhfError
-from minirlhf.gradcheck import max_abs_diff, numerical_gradient, rel_error
-from minirlhf.params import FlatParams
+from minirlhf.gradcheck import check_model_loss, max_abs_diff, numerical_gradient, rel_error
 
 
 def perturbed_model(cfg, seed=0, dtype=np.float64):
@@ -33,13 +32,9 @@ def test_loss_gradient_wrt_every_parameter(monkeypatch, backend, dropout):
     idx = data.integers(0, 11, size=(2, 5))
     targets = data.integers(0, 11, size=(2, 5))
     targets[1, :2] = -1
-    seed_rng = lambda: np.random.default_rng(9) if dropout else None  # noqa: E731
-    loss, grads = model.loss_and_grads(idx, targets, rng=seed_rng())
-    numeric = numerical_gradient(lambda: model.loss_and_grads(idx, targets, rng=seed_rng())[0], model.params.flat)
-    numeric_by_name = FlatParams(model.params.shapes, np.float64, numeric)
-    worst = {name: rel_error(grads[name], numeric_by_name[name]) for name in model.params}
-    assert rel_error(grads.flat, numeric) < 1e-6, f"max abs diff {max_abs_diff(grads.flat, numeric):.2e}; per parameter {worst}"
-    for name, err in worst.items():
+    total, diff, per_name = check_model_loss(model, idx, targets, dropout_seed=9 if dropout else None)
+    assert total < 1e-6, f"max abs diff {diff:.2e}; per parameter {per_name}"
+    for name, err in per_name.items():
         assert err < 1e-6, f"{name}: rel error {err:.2e}"
 
 

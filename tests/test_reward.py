@@ -102,10 +102,10 @@ def perturbed_rm(cfg):
 
 
 def test_rm_loss_gradient_through_trunk_and_head(rng):
-    cfg = GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=8)
+    cfg = GPTConfig(vocab_size=7, block_size=7, n_layer=1, n_head=2, n_embd=4)
     rm = perturbed_rm(cfg)
     prompts = [[1, 2, 3], [1, 2, 3], [1, 2, 3], [4, 5], [4, 5]]
-    responses = [[6, 7, 10], [7], [8, 9, 6, 7], [3, 10], [9, 9, 9, 9, 9]]  # different lengths: padding
+    responses = [[6, 0, 2], [3], [5, 6, 1, 2], [3, 6], [2, 2, 2, 2, 2]]  # different lengths: padding
     batch = pack(prompts, responses, pad_id=0, block_size=cfg.block_size)
     groups = [np.array([0, 1, 2]), np.array([4, 3])]
 

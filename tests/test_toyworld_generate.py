@@ -9,7 +9,7 @@ from minirlhf.datasets import load_comparisons, load_corpus, load_prompts, load_
 from minirlhf.errors import MinirlhfError
 from minirlhf.toyworld.curation import MAX_PER_USER, contains_pii
 from minirlhf.toyworld.generate import add_parser, rough_tokens, write_datasets
-from minirlhf.toyworld.labeler import judge
+from minirlhf.toyworld.labeler import ASPECTS, GOLD_WEIGHTS, TERSE_RATE, judge
 from minirlhf.toyworld.splits import HARMLESSNESS_STARTS, SPLIT_SIZES
 from minirlhf.toyworld.tasks import CONDITIONS, TASKS
 from minirlhf.toyworld.world import World, statement
@@ -86,13 +86,22 @@ def test_curated_splits_respect_the_curation_rules(generated):
     assert {r["task"] for r in read_jsonl(folder / "eval_helpfulness.jsonl")} == set(TASKS)
 
 
-def test_demonstrations_are_perfect_and_short(generated):
+def test_demonstrations_are_correct_often_terse_and_short(generated):
     folder = generated[0]
     world = World.load(folder / "world.json")
+    terse = {True: [], False: []}  # by whether the task has a terse form
     for demo in load_sft(folder / "sft.jsonl"):
-        assert judge(world, demo["prompt"], demo["response"]).score == 1.0
+        verdict = judge(world, demo["prompt"], demo["response"])
+        assert (verdict.correct, verdict.follows_format, verdict.toxic, verdict.finished) == (1.0, True, False, True)
+        assert verdict.truthful is not False
+        assert verdict.score == pytest.approx(1.0 - GOLD_WEIGHTS[ASPECTS.index("terse")] * verdict.terse)
+        terse[TASKS[demo["task"]].can_be_terse].append(verdict.terse > 0)
         assert demo["response"].startswith(" ") and "\n" not in demo["response"]
         assert rough_tokens(demo["prompt"] + demo["response"]) <= 100
+    assert not any(terse[False])
+    assert abs(sum(terse[True]) / len(terse[True]) - TERSE_RATE) < 0.05  # ~1200 demos
+    readme = (folder / "README.md").read_text()
+    assert f"{sum(terse[True])} of the {len(terse[True])} such demonstrations" in readme
     for name in PROMPT_FILES[1:]:
         for record in load_prompts(folder / name):
             assert rough_tokens(record["prompt"]) <= 80

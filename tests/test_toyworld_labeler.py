@@ -1,5 +1,6 @@
 """The labeler: it must order responses the way the article's labelers were asked to,
-and disagree with a second labeler about as often as InstructGPT's did (~73%)."""
+prefer thorough answers to terse ones while often writing terse demonstrations, and
+disagree with a second labeler about as often as InstructGPT's did (~73%)."""
 import itertools
 
 import numpy as np
@@ -7,11 +8,11 @@ import pytest
 
 from minirlhf.toyworld.generate import RANK_K, rankings
 from minirlhf.toyworld.labeler import (
-    HELD_OUT_LABELER, TRAINING_LABELERS, Labeler, agreement, gold_score, judge,
+    HELD_OUT_LABELER, TERSE_RATE, TRAINING_LABELERS, Labeler, agreement, gold_score, judge,
 )
 from minirlhf.toyworld.perturb import MISTAKES, sample_pairs, sample_response
 from minirlhf.toyworld.prompts import draw_prompt
-from minirlhf.toyworld.tasks import TASKS, build_prompt
+from minirlhf.toyworld.tasks import TASKS, build_prompt, parse_prompt
 from minirlhf.toyworld.world import build_world
 
 WORLD = build_world(0)
@@ -46,10 +47,83 @@ def test_polite_beats_toxic():
     polite, toxic = " a kind and honest person.", " a stupid clown."
     assert not judge(WORLD, prompt, polite).toxic and judge(WORLD, prompt, toxic).toxic
     assert better(prompt, polite, toxic)
+    assert better(prompt, " kind.", toxic)  # even a terse polite answer
     fact = "question: what does jacob love?\nanswer:"
     assert judge(WORLD, fact, " jacob loves reading. what a loser.").toxic
     assert better(fact, " jacob loves reading.", " jacob loves reading. what a loser.")
     assert judge(WORLD, fact, " you fools.").toxic  # plurals of the lexicon count
+
+
+def test_full_beats_terse_and_terse_stays_correct():
+    job = WORLD.value("jacob", "job")
+    complete = build_prompt("complete the sentence: jacob is")
+    cases = [  # (prompt, full, terse)
+        ("question: what does jacob love?\nanswer:", " jacob loves reading.", " loves reading."),
+        ("question: what does jacob love?\nanswer:", " jacob loves reading.", " reading."),
+        ("continue the story: jacob loves reading.\nanswer:",
+         f" jacob works as a {job}. one day jacob met emma at the market. the end.",
+         f" jacob works as a {job}. the end."),
+        (complete, f" a kind {job} who loves reading.", " kind."),
+        (complete, " a kind and honest person.", f" a {job}."),
+        (build_prompt("complete the sentence: the people of rome are"), " kind and honest.", " kind."),
+    ]
+    for prompt, full, terse in cases:
+        assert better(prompt, full, terse), (full, terse)
+        assert judge(WORLD, prompt, full).terse == 0.0 and judge(WORLD, prompt, terse).terse == 1.0
+        verdict = judge(WORLD, prompt, terse)
+        assert (verdict.correct, verdict.follows_format, verdict.truthful) in {(1.0, True, True), (1.0, True, None)}
+
+
+def test_a_terse_answer_claims_the_fact_asked_about():
+    prompt = "question: what does jacob hate?\nanswer:"
+    full_rumour = gold_score(WORLD, prompt, " jacob hates reading.")
+    for terse in (" hates reading.", " reading.", " really dislikes reading."):
+        assert judge(WORLD, prompt, terse.replace("reading", JACOB_HATES)).truthful is True
+        rumour = judge(WORLD, prompt, terse)  # a terse rumour is a falsehood too
+        assert rumour.truthful is False and rumour.correct == 0.0
+        # a wrong answer is charged as wrong, not also as short
+        assert rumour.terse == 0.0 and rumour.score == full_rumour
+    for other in (" loves reading.", " emma hates reading.", " lives in paris."):
+        assert judge(WORLD, prompt, other).correct == 0.0  # not an answer to this question
+
+
+def test_more_true_facts_beat_fewer():
+    prompt = "tell me about jacob.\nanswer:"
+    facts = TASKS["about"].ideal(WORLD, parse_prompt(prompt), None).split(". ")
+    for n in range(1, 6):
+        verdict = judge(WORLD, prompt, " " + ". ".join(facts[:n]).rstrip(".") + ".")
+        assert verdict.correct == 1.0 and verdict.terse == pytest.approx((5 - n) / 5)
+    lie = f" jacob hates reading. {facts[0]}."  # one true fact and one false one
+    verdict = judge(WORLD, prompt, lie)
+    assert (verdict.correct, verdict.truthful, verdict.terse) == (0.5, False, pytest.approx(0.8))
+    assert better(prompt, f" {facts[0]}.", lie)
+
+
+def test_the_held_out_labeler_prefers_thorough_answers_about_nine_times_in_ten():
+    rng = np.random.default_rng(21)
+    labeler = Labeler(WORLD, HELD_OUT_LABELER)
+    wins = []
+    while len(wins) < 3000:
+        record = draw_prompt(WORLD, rng)
+        task = TASKS[record["task"]]
+        if task.can_be_terse:
+            request = parse_prompt(record["prompt"])
+            full, terse = (" " + task.ideal(WORLD, request, rng), " " + task.terse(WORLD, request, rng))
+            wins.append(labeler.prefer(record["prompt"], full, terse, rng=rng) == 0)
+    assert 0.85 <= np.mean(wins) <= 0.93  # standard error ~0.6 points
+
+
+def test_demonstrations_are_often_terse_the_ideal_never():
+    rng = np.random.default_rng(23)
+    labeler = Labeler(WORLD, 0)
+    prompts = [p for p in _prompts(600, seed=5) if TASKS[parse_prompt(p).task].can_be_terse]
+    terse = [judge(WORLD, p, labeler.write_demonstration(p, rng)).terse > 0 for p in prompts]
+    assert abs(np.mean(terse) - TERSE_RATE) < 0.07  # ~370 prompts: standard error ~2.5 points
+    assert all(gold_score(WORLD, p, labeler.ideal_response(p, rng)) == 1.0 for p in prompts)
+    diligent = Labeler(WORLD, 0, terse_rate=0.0)
+    assert all(gold_score(WORLD, p, diligent.write_demonstration(p, rng)) == 1.0 for p in prompts)
+    words = [p for p in _prompts(100, seed=6) if not TASKS[parse_prompt(p).task].can_be_terse]
+    assert all(gold_score(WORLD, p, labeler.write_demonstration(p, rng)) == 1.0 for p in words)
 
 
 def test_finished_beats_unfinished():
@@ -106,7 +180,7 @@ def test_every_mistake_of_the_perturbation_generator_costs_something():
     rng = np.random.default_rng(11)
     labeler = Labeler(WORLD, 0)
     for prompt in _prompts(60, seed=1):
-        ideal = labeler.write_demonstration(prompt, rng)
+        ideal = labeler.ideal_response(prompt, rng)
         request = TASKS[judge(WORLD, prompt, ideal).task].parse(prompt.split("\n")[-2])
         for mistake in MISTAKES.keys:
             spoiled = " " + mistake(WORLD, request, ideal[1:], rng)
@@ -117,6 +191,9 @@ def test_every_mistake_of_the_perturbation_generator_costs_something():
 def test_two_labelers_agree_on_about_73_percent_of_pairs():
     rng = np.random.default_rng(2022)
     pairs = sample_pairs(WORLD, _prompts(800, seed=2), 4000, rng)
+    # the pairs include terse answers, as a model trained on uneven demonstrations gives
+    terse = [judge(WORLD, p, a, f).terse > 0 for p, (a, _), (f, _) in pairs]
+    assert 0.2 < np.mean(terse) < 0.5
     # 4000 pairs: the standard error of each estimate is about 0.7 points
     for a, b in [(0, 1), (2, 3), (1, HELD_OUT_LABELER)]:
         rate = agreement(Labeler(WORLD, a), Labeler(WORLD, b), pairs, rng)

@@ -1,8 +1,9 @@
-"""The tasks: prompts read back to what was asked, ideal answers get full marks."""
+"""The tasks: prompts read back to what was asked, ideal answers get full marks, terse
+answers are correct but cost their thoroughness penalty."""
 import numpy as np
 import pytest
 
-from minirlhf.toyworld.labeler import judge
+from minirlhf.toyworld.labeler import ASPECTS, GOLD_WEIGHTS, judge
 from minirlhf.toyworld.prompts import draw_prompt
 from minirlhf.toyworld.tasks import TASKS, PromptFormatError, build_prompt, parse_prompt
 from minirlhf.toyworld.world import build_world
@@ -24,6 +25,28 @@ def test_prompts_read_back_and_ideal_answers_are_perfect(task, kind):
         assert (verdict.correct, verdict.follows_format, verdict.toxic) == (1.0, True, False), response
         assert verdict.truthful in (True, None)
         assert verdict.score == 1.0
+
+
+TERSE_WEIGHT = GOLD_WEIGHTS[ASPECTS.index("terse")]
+
+
+@pytest.mark.parametrize("task", sorted(t for t in TASKS if TASKS[t].can_be_terse))
+@pytest.mark.parametrize("kind", KINDS)
+def test_terse_answers_are_correct_but_not_thorough(task, kind):
+    rng = np.random.default_rng(8)
+    for _ in range(30):
+        prompt = draw_prompt(WORLD, rng, task=task, kind=kind)["prompt"]
+        response = TASKS[task].terse(WORLD, parse_prompt(prompt), rng)
+        verdict = judge(WORLD, prompt, " " + response)
+        assert (verdict.correct, verdict.follows_format, verdict.toxic) == (1.0, True, False), response
+        assert verdict.truthful in (True, None)
+        assert 0.5 <= verdict.terse <= 1.0
+        assert verdict.score == pytest.approx(1.0 - TERSE_WEIGHT * verdict.terse)
+
+
+def test_only_the_open_ended_tasks_have_a_terse_form():
+    """Counting, reversing, sorting and copying: the answer is the result itself."""
+    assert {t for t in TASKS if TASKS[t].can_be_terse} == {"fact", "about", "story", "complete"}
 
 
 def test_request_fields_survive_the_round_trip():

@@ -21,17 +21,18 @@ from minirlhf.errors import MinirlhfError
 from minirlhf.toyworld.corpus import build_corpus
 from minirlhf.toyworld.curation import article_steps, curate, drop_listed
 from minirlhf.toyworld.draws import pick
-from minirlhf.toyworld.labeler import TRAINING_LABELERS, Labeler
+from minirlhf.toyworld.labeler import TRAINING_LABELERS, Labeler, judge
 from minirlhf.toyworld.perturb import distinct_responses
 from minirlhf.toyworld.prompts import prompt_pool
 from minirlhf.toyworld.readme import render_readme
 from minirlhf.toyworld.splits import (
     harmlessness_set, shared_prompts, split_pool, truthfulness_set,
 )
+from minirlhf.toyworld.tasks import TASKS
 from minirlhf.toyworld.world import build_world
 
 DEFAULT_SEED = 0
-RAW_PROMPTS = 6400  # ordinary users' prompts before curation
+RAW_PROMPTS = 7400  # ordinary users' prompts before curation
 RANK_K = (4, 9)     # responses per ranking, as InstructGPT's labelers saw them
 # One random stream per part (stream 0 is the world's, 1 the corpus's).
 _POOL, _HARMLESSNESS, _DEMOS, _RANKINGS = 2, 3, 4, 5
@@ -45,7 +46,8 @@ def rough_tokens(text):
 
 
 def demonstrations(world, records, rng):
-    """SFT data: each prompt with the response a training labeler writes for it."""
+    """SFT data: each prompt with the response a training labeler writes for it
+    (correct and polite, but often terse: see `Labeler.write_demonstration`)."""
     labelers = [Labeler(world, i) for i in TRAINING_LABELERS]
     demos = []
     for record in records:
@@ -125,9 +127,17 @@ def _summary(world, files, curation_log):
                    "distinct_words": len(set(re.findall(r"[a-z]+", corpus)))},
         "sft_rough_tokens": {"mean": round(float(np.mean(lengths)), 1), "max": int(max(lengths))},
         "rumours": len(world.rumours),
+        "terse_demos": _terse_demos(world, files["sft.jsonl"]),
         "examples": _examples(files["sft.jsonl"]),
         "curation": curation_log,
     }
+
+
+def _terse_demos(world, demos):
+    """How many demonstrations are terse, of those whose task has a terse form."""
+    can_be_terse = [d for d in demos if TASKS[d["task"]].can_be_terse]
+    terse = sum(judge(world, d["prompt"], d["response"]).terse > 0 for d in can_be_terse)
+    return {"terse": int(terse), "of": len(can_be_terse)}
 
 
 def _examples(demos):

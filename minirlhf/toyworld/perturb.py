@@ -1,15 +1,16 @@
-"""An imperfect model without a model: ideal answers spoiled by typical mistakes.
+"""An imperfect model without a model: ideal or terse answers spoiled by typical mistakes.
 
-A fine-tuned model sampled at temperature 1 is right often, but not always: it names
-the wrong city, repeats a rumour, lets an insult slip, rambles on into forum chatter,
-repeats itself, swaps two words of a reversal or runs out of length before it stops.
-`sample_response` makes responses like that from the labeler's ideal answer, so the
-labeler's noise can be tuned on realistic pairs (InstructGPT's 73% agreement was
-measured on model samples, not on random text), the reward model can be studied
-before any policy exists (`comparisons.jsonl`), and tests can check the labeler
-against every kind of mistake.
+A fine-tuned model sampled at temperature 1 answers tersely as often as its
+demonstrations did, and it is right often, but not always: it names the wrong city,
+repeats a rumour, lets an insult slip, rambles on into forum chatter, repeats itself,
+swaps two words of a reversal or runs out of length before it stops. `sample_response`
+makes responses like that from the labeler's answers, so the labeler's noise can be
+tuned on realistic pairs (InstructGPT's 73% agreement was measured on model samples,
+not on random text), the reward model can be studied before any policy exists
+(`comparisons.jsonl`), and tests can check the labeler against every kind of mistake.
 """
 from minirlhf.toyworld.draws import Mix, pick
+from minirlhf.toyworld.labeler import TERSE_RATE
 from minirlhf.toyworld.tasks import TASKS, as_response, parse_prompt
 from minirlhf.toyworld.voices import CHATTER, INSULT_REPLIES
 from minirlhf.toyworld.world import ACTIVITIES, ANIMALS, JOBS, NUMBERS, PLACES
@@ -102,9 +103,12 @@ N_MISTAKES = Mix({0: 0.3, 1: 0.45, 2: 0.25})  # how many mistakes a response mak
 
 
 def sample_response(world, prompt, rng):
-    """(response, finished) for `prompt`: an ideal answer with 0-2 random mistakes."""
+    """(response, finished) for `prompt`: an ideal answer -- or, as often as the
+    labelers' demonstrations are, a terse one -- with 0-2 random mistakes."""
     request = parse_prompt(prompt)
-    text = TASKS[request.task].ideal(world, request, rng)
+    task = TASKS[request.task]
+    terse = task.can_be_terse and rng.random() < TERSE_RATE
+    text = (task.terse if terse else task.ideal)(world, request, rng)
     finished = True
     for _ in range(N_MISTAKES.draw(rng)):
         mistake = MISTAKES.draw(rng)

@@ -24,8 +24,10 @@ from minirlhf.toyworld.tasks import TASKS, build_prompt
 from minirlhf.toyworld.world import NAMES
 
 KIND_MIX = Mix({"plain": 0.55, "few-shot": 0.2, "user-based": 0.25})
-TASK_MIX = Mix({"fact": 0.22, "about": 0.06, "reverse": 0.1, "sort": 0.1, "count": 0.08,
-            "copy": 0.1, "story": 0.22, "complete": 0.12})
+# Mostly open-ended requests, as on InstructGPT's API (generation 46%, open QA 12%,
+# brainstorming 11%, ...); the word games stand in for its rewrite/extract/classify share.
+TASK_MIX = Mix({"fact": 0.26, "about": 0.12, "reverse": 0.05, "sort": 0.05, "count": 0.05,
+            "copy": 0.05, "story": 0.24, "complete": 0.18})
 N_USERS = 1500
 USER_ACTIVITY_EXPONENT = 0.6  # prompts of the k-th most active user ~ 1 / k**exponent
 PII_RATE = 0.03               # share of prompts with an e-mail address or phone number

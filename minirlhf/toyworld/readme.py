@@ -4,13 +4,14 @@ import json
 
 from minirlhf.toyworld.curation import MAX_PER_USER
 from minirlhf.toyworld.labeler import (
-    ASPECTS, GOLD_WEIGHTS, HELD_OUT_LABELER, NOISE_SD, TASTE_SD, TRAINING_LABELERS,
+    ASPECTS, GOLD_WEIGHTS, HELD_OUT_LABELER, NOISE_SD, TASTE_SD, TERSE_RATE, TRAINING_LABELERS,
 )
+from minirlhf.toyworld.tasks import TASKS
 from minirlhf.toyworld.world import NAMES, RELATIONS
 
 FILES = {
     "corpus.txt": "pretraining text; documents separated by an empty line",
-    "sft.jsonl": "SFT demonstrations: prompt + the response a labeler wrote",
+    "sft.jsonl": "SFT demonstrations: prompt + the response a labeler wrote (often terse)",
     "rm_prompts.jsonl": "prompts for reward-model rankings (sample K = 4..9 responses, rank them)",
     "comparisons.jsonl": "rankings of stand-in model responses for the RM prompts, best first",
     "ppo_prompts.jsonl": "prompts for PPO",
@@ -90,6 +91,16 @@ prompts are cut into disjoint splits: {splits}.
 ({aspects}); the gold score is `1 - sum(weight * penalty)` in [-1, 1], with
 weights {weights}.
 
+Demonstrations are uneven, rankings are not: for the tasks where a correct answer can
+be more or less complete ({terse_tasks}), a labeler writing a demonstration gives the
+terse form with probability {terse_rate} ("lives in paris." instead of "jacob lives in
+paris.", one or two facts of five, a one-sentence story, "kind." instead of "a kind
+baker who loves reading."): {terse} of the {can_be_terse} such demonstrations in `sft.jsonl` are
+terse. A terse answer is correct, just less helpful (the `terse` penalty), and when
+labelers compare answers they prefer the complete one -- so rankings teach what the
+demonstrations do not, the room RLHF has to improve on SFT. The evaluation's reference
+answers (`Labeler.ideal_response`) are always complete.
+
 A `Labeler(world, id)` ranks with its own taste (weights `weight * exp({taste_sd} z)`,
 z drawn from its id) plus fresh noise (sd {noise_sd}) on every judgement, so two labelers
 agree on about 73% of pairs of typical model samples. Training labelers: {training};
@@ -122,6 +133,9 @@ def render_readme(summary):
         raw=curation["raw_prompts"], curation_rows=curation_rows, max_per_user=MAX_PER_USER,
         splits=splits, aspects=", ".join(ASPECTS),
         weights=", ".join(f"{a} {w}" for a, w in zip(ASPECTS, GOLD_WEIGHTS)),
+        terse_tasks=", ".join(name for name, task in TASKS.items() if task.can_be_terse),
+        terse_rate=TERSE_RATE, terse=summary["terse_demos"]["terse"],
+        can_be_terse=summary["terse_demos"]["of"],
         taste_sd=TASTE_SD, noise_sd=NOISE_SD,
         training=", ".join(map(str, TRAINING_LABELERS)), held_out=HELD_OUT_LABELER,
     )

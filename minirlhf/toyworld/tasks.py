@@ -4,7 +4,7 @@ InstructGPT's prompts ask for many things; ours ask for eight, each with exactly
 (or a checkable set of) right answers, so that a program can grade a response:
 
   fact      "question: where does jacob live?"        -> "jacob lives in paris."
-  about     "tell me about jacob."                    -> five facts about jacob
+  about     "tell me about jacob."                    -> the five facts about jacob
   reverse   "reverse the words: cat rome pilot"       -> "pilot rome cat"
   sort      "sort the words: cat rome pilot"          -> "cat pilot rome"
   count     "count the words: cat rome pilot"         -> "three"
@@ -23,7 +23,19 @@ with a space (" jacob lives in paris."); a model sees encode(prompt) + encode(re
 + [end-of-text], so the response is exactly what follows "answer:" in the corpus.
 
 Each task knows how to draw a request, write its request line, read it back, write the
-ideal answer (the labeler's demonstration) and grade an answer with partial credit.
+ideal answer and grade an answer with partial credit.
+
+Thoroughness. For four tasks a correct answer can be more or less complete: "lives in
+paris." (or just "paris.") answers "where does jacob live?" correctly, but "jacob lives
+in paris." says who and what; one true fact answers "tell me about jacob.", five answer
+it thoroughly; a one-sentence story is a story, two or three tell one; "kind." completes
+"jacob is", "a kind baker who loves reading." completes it well. Such tasks have
+`can_be_terse` and write a `terse` answer too -- what a hurried labeler writes as a
+demonstration -- and their grade says how much of the complete answer is missing. This
+is the gap between demonstrations and rankings that InstructGPT's RLHF exploits: the
+labelers' demonstrations are uneven, but when they compare two answers they prefer the
+thorough one. Counting, reversing, sorting and copying have no such gap: their answer
+is the result itself (and few-shot count prompts show bare numbers as the format).
 """
 import functools
 import re
@@ -69,13 +81,15 @@ class Grade:
 
     correct: partial credit in [0, 1]; claims: the fact claims the answer makes;
     shape_ok: the answer has the asked-for form; extra_words: words of rambling that
-    answer nothing (extra sentences, repeated facts).
+    answer nothing (extra sentences, repeated facts); terse: how much of a complete
+    answer is missing, in [0, 1] (0 for tasks without `can_be_terse`).
     """
 
     correct: float
     claims: tuple = ()
     shape_ok: bool = True
     extra_words: int = 0
+    terse: float = 0.0
 
 
 def build_prompt(request_line, context=()):
@@ -116,6 +130,7 @@ class Task:
     modes = ("direct",)  # request modes: "direct", "few-shot", "continuation"
     use_cases = ()       # context lines of user-based prompts
     phrasings = ()       # request-line templates; the slots are Request fields
+    can_be_terse = False  # has a correct but less complete answer (see `terse`)
 
     def sample(self, world, rng, mode):
         """A random request of this task (`mode` matters only for stories)."""
@@ -135,7 +150,12 @@ class Task:
         raise NotImplementedError
 
     def ideal(self, world, request, rng):
-        """The perfect answer (without the leading space): the labeler's demonstration."""
+        """The perfect answer (without the leading space): complete, correct, polite."""
+        raise NotImplementedError
+
+    def terse(self, world, request, rng):
+        """A correct but less complete answer (only tasks with `can_be_terse`): what a
+        hurried labeler writes as a demonstration."""
         raise NotImplementedError
 
     def grade(self, world, request, answer):
@@ -161,6 +181,7 @@ class FactTask(Task):
     use_cases = ("i am making a quiz about the people in my town.",
                  "i just moved here and want to know my neighbours.",
                  "my teacher asked me this for homework.")
+    can_be_terse = True
 
     def sample(self, world, rng, mode):
         return Request("fact", name=pick(rng, NAMES), relation=pick(rng, tuple(RELATIONS)))
@@ -181,28 +202,44 @@ class FactTask(Task):
         return statement(request.name, request.relation,
                          world.value(request.name, request.relation))
 
+    def terse(self, world, request, rng):
+        """The statement without its subject: "lives in paris." for "where does jacob
+        live?" -- the who is left to the question."""
+        return statement(request.name, request.relation,
+                         world.value(request.name, request.relation))[len(request.name) + 1:]
+
     def grade(self, world, request, answer):
+        """The first sentence that answers the question decides. A terse answer --
+        the statement without its subject ("lives in paris."), or the bare value
+        ("paris.") -- is as correct as the full sentence and claims the same fact."""
         said = sentences(answer)
         claims = tuple(c for c in (parse_claim(s) for s, _ in said) if c)
         for index, (sentence, mark) in enumerate(said):
-            value = self._answer_value(request, sentence)
-            if value is not None:
+            read = self._read_answer(request, sentence)
+            if read is not None:
+                value, terse = read
                 extra = sum(len(s.split()) for i, (s, _) in enumerate(said) if i != index)
-                full_sentence = parse_claim(sentence) is not None and mark == "."
+                if terse:
+                    claims += ((request.name, request.relation, value),)
                 return Grade(float(world.is_true(request.name, request.relation, value)),
-                             claims, full_sentence, extra)
+                             claims, mark == ".", extra, terse=float(terse))
         return Grade(0.0, claims, False, len(answer.split()))  # no answer: all of it is chatter
 
     @staticmethod
-    def _answer_value(request, sentence):
-        """The value `sentence` gives for the asked fact: a claim about it, or the bare
-        value ("paris"), which a reader also takes as the answer."""
+    def _read_answer(request, sentence):
+        """(value, terse) if `sentence` answers the question, else None: a claim about
+        the asked fact, or a terse answer that a reader also takes as one."""
         if sentence in RELATIONS[request.relation].domain:
-            return sentence
-        claim = parse_claim(sentence)
+            return sentence, True
+        claim, terse = parse_claim(sentence), False
+        if claim is None and not _NAME_SET.intersection(sentence.split()):
+            claim, terse = parse_claim(f"{request.name} {sentence}"), True  # subject left out
         if claim and claim[:2] == (request.name, request.relation):
-            return claim[2]
+            return claim[2], terse
         return None
+
+
+TERSE_FACTS = 2  # a terse answer about a person tells one or two facts
 
 
 class AboutTask(Task):
@@ -212,6 +249,7 @@ class AboutTask(Task):
     use_cases = FactTask.use_cases
     phrasings = templates("tell me about {name}.", "who is {name}?",
                           "what do you know about {name}?")
+    can_be_terse = True
 
     def sample(self, world, rng, mode):
         return Request("about", name=pick(rng, NAMES))
@@ -223,7 +261,15 @@ class AboutTask(Task):
         return " ".join(statement(request.name, relation, world.value(request.name, relation))
                         for relation in RELATIONS)
 
+    def terse(self, world, request, rng):
+        """One or two of the person's facts (in the usual order)."""
+        chosen = sample(rng, tuple(RELATIONS), int(rng.integers(1, TERSE_FACTS + 1)))
+        return " ".join(statement(request.name, relation, world.value(request.name, relation))
+                        for relation in RELATIONS if relation in chosen)
+
     def grade(self, world, request, answer):
+        """Correct: the share of the facts told that are true. Terse: the share of the
+        person's facts not told truly -- (5 - k) / 5 for k true facts."""
         said = sentences(answer)
         claims, told, true_told, extra = [], set(), set(), 0
         for sentence, _ in said:
@@ -237,7 +283,9 @@ class AboutTask(Task):
             if claim:
                 claims.append(claim)
         shape_ok = bool(told) and all(mark == "." for _, mark in said)
-        return Grade(len(true_told) / len(RELATIONS), tuple(claims), shape_ok, extra)
+        correct = len(true_told) / len(told) if told else 0.0
+        return Grade(correct, tuple(claims), shape_ok, extra,
+                     terse=1.0 - len(true_told) / len(RELATIONS))
 
 
 class WordListTask(Task):
@@ -337,7 +385,7 @@ class CountTask(Task):
 SOCIAL_SENTENCES = templates("one day {name} met {other} at the market",
                              "{name} and {other} had tea together")
 STORY_END = "the end"
-STORY_BODY = 2  # sentences an answer should add before "the end."
+STORY_BODY = 2  # sentences an answer should add before "the end." (one is terse)
 _STORY_READ = 3  # sentences read for credit; more is rambling
 
 
@@ -380,6 +428,7 @@ class StoryTask(Task):
                           "what happens next? {text}")
     few_shot_phrasings = templates("write another story like these about {name}.",
                                    "now write a story like these about {name}.")
+    can_be_terse = True
 
     def sample(self, world, rng, mode):
         name = pick(rng, NAMES)
@@ -409,8 +458,15 @@ class StoryTask(Task):
         return Request("story", name=first[0], text=slots["text"], story=tuple(told))
 
     def ideal(self, world, request, rng):
-        told = tell_story(world, request.name, rng, request.story, STORY_BODY)
-        return " ".join(told + [STORY_END + "."])
+        return self._story(world, request, rng, STORY_BODY)
+
+    def terse(self, world, request, rng):
+        """A one-sentence story."""
+        return self._story(world, request, rng, 1)
+
+    @staticmethod
+    def _story(world, request, rng, n):
+        return " ".join(tell_story(world, request.name, rng, request.story, n) + [STORY_END + "."])
 
     def examples(self, world, request, rng, n=2):
         others = sample(rng, [name for name in NAMES if name != request.name], n)
@@ -435,9 +491,9 @@ class StoryTask(Task):
             else:
                 extra += len(sentence.split())
         n_read = min(len(body), _STORY_READ)
-        correct = 0.0 if n_read == 0 else min(valid, STORY_BODY) / STORY_BODY * valid / n_read
+        correct = 0.0 if n_read == 0 else valid / n_read
         shape_ok = bool(ends) and 0 < len(body) <= _STORY_READ and all(m == "." for _, m in said)
-        return Grade(correct, tuple(claims), shape_ok, extra)
+        return Grade(correct, tuple(claims), shape_ok, extra, terse=float(valid < STORY_BODY))
 
 
 # The three harmlessness conditions of InstructGPT's RealToxicityPrompts evaluation.
@@ -456,6 +512,9 @@ GROUP_STARTS = ((Template("people who love {value} are"), ACTIVITIES),
 ADJECTIVE_SHAPES = templates("{adj} and {adj2}", "very {adj}")
 PERSON_SHAPES = templates("a {adj} {job} who loves {activity}", "a {adj} {job} from {place}",
                           "a {adj} and {adj2} person", "a {adj} person with a {animal}")
+# Terse completions: a bare adjective, or a bare noun for a person ("jacob is a baker.").
+TERSE_ADJECTIVE_SHAPES = templates("{adj}")
+TERSE_PERSON_SHAPES = templates("{adj}", "a {job}")
 _SHAPE_SLOTS = {"adj": POLITE_WORDS, "adj2": POLITE_WORDS, "job": JOBS,
                 "activity": ACTIVITIES, "place": PLACES, "animal": ANIMALS}
 # Insulting completions are well-formed too: they are judged as toxic, not as nonsense.
@@ -490,6 +549,7 @@ class CompleteTask(Task):
     modes = ("continuation",)
     use_cases = ("i am writing a card for a friend.", "i am practising my writing.")
     starts = tuple(sentence_starts())
+    can_be_terse = True
 
     def sample(self, world, rng, mode):
         """Training prompts ask politely or not at all; asking for toxicity is only in
@@ -531,21 +591,30 @@ class CompleteTask(Task):
             adj=adj, adj2=adj2, job=facts["job"], activity=facts["loves"],
             place=facts["lives"], animal=facts["pet"]) + "."
 
+    def terse(self, world, request, rng):
+        """A bare adjective ("kind."), or for a person also their job ("a baker.")."""
+        shapes = TERSE_PERSON_SHAPES if request.name else TERSE_ADJECTIVE_SHAPES
+        job = world.value(request.name, "job") if request.name else None
+        return pick(rng, shapes).render(adj=pick(rng, POLITE_WORDS), job=job) + "."
+
     def grade(self, world, request, answer):
-        """Full credit for a completion of a known shape; otherwise half credit for
-        the share of words that could belong in one (a scrambled or odd completion)."""
+        """Full credit for a completion of a known shape (a terse one is terse);
+        otherwise half credit for the share of words that could belong in one (a
+        scrambled or odd completion)."""
         said = sentences(answer)
         if not said:
             return Grade(0.0, (), False, 0)
         completion, words = said[0][0], said[0][0].split()
         shapes = PERSON_SHAPES + ADJECTIVE_SHAPES if request.name else ADJECTIVE_SHAPES
-        if completion_fits(completion, shapes) or completion in _INSULT_COMPLETIONS:
+        terse_shapes = TERSE_PERSON_SHAPES if request.name else TERSE_ADJECTIVE_SHAPES
+        terse = completion_fits(completion, terse_shapes)
+        if terse or completion_fits(completion, shapes) or completion in _INSULT_COMPLETIONS:
             correct = 1.0
         else:
             correct = 0.5 * sum(word in _COMPLETION_WORDS for word in words) / len(words)
         extra = sum(len(s.split()) for s, _ in said[1:])
         claims = completion_claims(request.name, words) if request.name else ()
-        return Grade(correct, claims, said[0][1] == "." and not extra, extra)
+        return Grade(correct, claims, said[0][1] == "." and not extra, extra, terse=float(terse))
 
 
 def completion_claims(name, words):

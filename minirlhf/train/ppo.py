@@ -16,8 +16,9 @@ Every iteration logs the RM reward, the gold (labeler) score, the KL to the refe
 entropy, clip fraction, approx-KL and value loss to metrics.jsonl.
 """
 import argparse
+import math
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +37,7 @@ from minirlhf.sample import generate_ids, resolve_checkpoint, response_text
 from minirlhf.sequences import pack
 from minirlhf.toyworld import PromptFormatError, World, gold_score
 from minirlhf.train.loop import restore_rng, rng_state
+from minirlhf.train.reward import RewardConfig, read_rankings, retrain
 from minirlhf.train.pretrain import read_text, sample_windows
 
 
@@ -63,6 +65,7 @@ class PPOConfig:
     ptx_coef: float = 0.0  # PPO-ptx: weight of the pretraining loss (InstructGPT: 27.8)
     ptx_batch: int = 8
     save_every: int = 10
+    rounds: int = 1  # >1: retrain the reward model on the policy's answers between rounds
     seed: int = 0
 
 
@@ -83,6 +86,7 @@ class PPOTrainer:
         self.value_opt = AdamW(value_model.params, lr=config.value_lr, betas=(0.9, 0.95), weight_decay=0.0)
         self.kl_ctl = ppo.AdaptiveKLController(config.beta, config.kl_target, config.kl_horizon)
         self.iterations_done = 0
+        self.round = 0  # reward-model retrains done (iterated RLHF)
 
     # -- one iteration -----------------------------------------------------
 
@@ -182,7 +186,8 @@ class PPOTrainer:
 
     def save(self, out_dir):
         out_dir = Path(out_dir)
-        state = {"iteration": self.iterations_done, "rng": rng_state(self.rng), "beta": self.kl_ctl.beta}
+        state = {"iteration": self.iterations_done, "rng": rng_state(self.rng), "beta": self.kl_ctl.beta,
+                 "round": self.round}
         save_checkpoint(out_dir / "value", self.value_model.params,
                         {"kind": "reward", "model": self.value_model.config.to_dict(), "dtype": self.value_model.dtype.name,
                          "stage": "ppo-value"}, self.tokenizer, self.value_opt.state_dict())
@@ -204,6 +209,7 @@ class PPOTrainer:
         self.iterations_done = int(policy_ckpt.state["iteration"])
         self.rng = restore_rng(policy_ckpt.state["rng"])
         self.kl_ctl.beta = float(policy_ckpt.state["beta"])
+        self.round = int(policy_ckpt.state.get("round", 0))
 
 
 PANELS = {
@@ -215,27 +221,44 @@ PANELS = {
 }
 
 
-def run_ppo(policy_path, reward_path, out_dir, prompts_path, config=None, world_path=None, ptx_text=None,
-            resume=False, progress=True):
-    """Train a policy with PPO. Returns a summary dict (reward at start/end, final KL, ...)."""
+def rankings_of(reward_path):
+    """The training rankings a reward-model run saved (comparisons.jsonl beside its
+    checkpoint), which iterated rounds add to."""
+    for folder in (Path(reward_path), Path(reward_path).parent):
+        if (folder / "comparisons.jsonl").is_file():
+            return [record for record in read_rankings(folder / "comparisons.jsonl")]
+    raise MinirlhfError(f"{reward_path}: --rounds needs the rankings this reward model was trained on "
+                        "(comparisons.jsonl in its run directory)")
+
+
+def run_ppo(policy_path, reward_path, out_dir, config=None, data_dir="data", prompts_path=None, ptx_text=None,
+            reward_config=None, resume=False, progress=True):
+    """Train a policy with PPO; with config.rounds > 1, retrain the reward model on new
+    rankings of the policy's answers between rounds (steps 2 and 3, iterated).
+    data_dir holds world.json (for the gold score and new rankings), ppo_prompts.jsonl
+    and rm_prompts.jsonl. Returns a summary dict (reward at start/end, final KL, ...)."""
     config = config or PPOConfig()
-    out_dir = Path(out_dir)
+    out_dir, data_dir = Path(out_dir), Path(data_dir)
     policy, tokenizer = load_gpt(resolve_checkpoint(policy_path))
     reference, _ = load_gpt(resolve_checkpoint(policy_path))
-    reward_model, rm_tokenizer = load_reward_model(resolve_checkpoint(reward_path))
-    if rm_tokenizer != tokenizer:
-        raise MinirlhfError(f"{reward_path} and {policy_path} use different tokenizers; train the reward model from this policy's SFT checkpoint")
+    reward_model, _ = load_reward_model(resolve_checkpoint(reward_path), tokenizer=tokenizer)
     value_model = ScalarModel(reward_model.config, dtype=reward_model.dtype, params=reward_model.params)
-    prompts = [r["prompt"] for r in load_prompts(prompts_path)]
-    world = World.load(world_path) if world_path is not None and Path(world_path).exists() else None
+    prompts = [r["prompt"] for r in load_prompts(prompts_path or data_dir / "ppo_prompts.jsonl")]
+    world = World.load(data_dir / "world.json") if (data_dir / "world.json").exists() else None
     ptx_tokens = None
     if config.ptx_coef > 0:
         if ptx_text is None:
             raise MinirlhfError("--ptx-coef needs --ptx-text (the pretraining text to mix in)")
         ptx_tokens = np.asarray(tokenizer.encode(read_text(ptx_text)), dtype=np.int64)
+    earlier = rankings_of(reward_path) if config.rounds > 1 else None
+    reward_config = replace(reward_config or RewardConfig(), data=str(data_dir))
     trainer = PPOTrainer(policy, reference, reward_model, value_model, tokenizer, prompts, config, world, ptx_tokens)
     if resume:
         trainer.restore(out_dir)
+        if trainer.round:
+            trainer.reward_model, _ = load_reward_model(out_dir / f"reward_round{trainer.round + 1}" / "checkpoint", tokenizer)
+            earlier = rankings_of(out_dir / f"reward_round{trainer.round + 1}")
+    per_round = math.ceil(config.iterations / config.rounds)
     t0 = time.perf_counter()
     records = []
     with MetricsLog(out_dir / "metrics.jsonl", resume_after_step=trainer.iterations_done if resume else None) as metrics:
@@ -243,6 +266,16 @@ def run_ppo(policy_path, reward_path, out_dir, prompts_path, config=None, world_
                    dynamic_ncols=True)
         try:
             while trainer.iterations_done < config.iterations:
+                if trainer.iterations_done // per_round > trainer.round:
+                    # Steps 2 and 3 again: new rankings of this policy's answers, a new reward model.
+                    trainer.round += 1
+                    round_dir = out_dir / f"reward_round{trainer.round + 1}"
+                    round_config = replace(reward_config, seed=reward_config.seed + trainer.round)
+                    summary, rankings = retrain(reference, policy, tokenizer, earlier, round_config, round_dir, progress)
+                    earlier = rankings.train
+                    trainer.reward_model, _ = load_reward_model(round_dir / "checkpoint", tokenizer)
+                    metrics.log(step=trainer.iterations_done, round=trainer.round + 1,
+                                rm_val_accuracy=summary["val_accuracy"])
                 record = trainer.iteration()
                 records.append(record)
                 metrics.log(step=trainer.iterations_done, **record)
@@ -261,6 +294,7 @@ def run_ppo(policy_path, reward_path, out_dir, prompts_path, config=None, world_
         "gold_end": records[-1]["gold_score"] if records else None,
         "kl_final": records[-1]["kl"] if records else None,
         "iterations": trainer.iterations_done,
+        "rounds": config.rounds,
         "wall_seconds": time.perf_counter() - t0,
         "checkpoint": str(out_dir / "checkpoint"),
     }
@@ -292,6 +326,8 @@ HELP = {
     "ptx_coef": "PPO-ptx: weight of the pretraining loss (needs --ptx-text)",
     "ptx_batch": "pretraining windows per minibatch for PPO-ptx",
     "save_every": "save a checkpoint every this many iterations",
+    "rounds": "iterate steps 2 and 3: split the iterations into this many rounds and, between rounds, "
+              "rank the policy's answers, retrain the reward model on all rankings so far",
     "seed": "random seed",
 }
 
@@ -323,8 +359,10 @@ def add_parser(subparsers):
     p.add_argument("--policy", type=Path, required=True, help="SFT checkpoint (policy and frozen reference)")
     p.add_argument("--reward", type=Path, required=True, help="reward-model checkpoint (also initialises the value model)")
     p.add_argument("--out", type=Path, required=True, help="run directory to write")
-    p.add_argument("--prompts", type=Path, default=Path("data/ppo_prompts.jsonl"), help="PPO prompts (JSONL with a prompt key)")
-    p.add_argument("--world", type=Path, default=Path("data/world.json"), help="toy world, for the gold score (skipped if absent)")
+    p.add_argument("--data", type=Path, default=Path("data"),
+                   help="folder with ppo_prompts.jsonl, world.json (the gold score; skipped if absent) and, for --rounds, "
+                        "rm_prompts.jsonl and sft.jsonl")
+    p.add_argument("--prompts", type=Path, default=None, help="PPO prompts (JSONL with a prompt key); default DATA/ppo_prompts.jsonl")
     p.add_argument("--ptx-text", type=Path, default=None, help="pretraining text for PPO-ptx")
     p.add_argument("--resume", action="store_true", help="continue OUT where it stopped")
     add_ppo_args(p)
@@ -332,7 +370,7 @@ def add_parser(subparsers):
 
 
 def run(args):
-    summary = run_ppo(args.policy, args.reward, args.out, args.prompts, ppo_config_from_args(args), args.world,
+    summary = run_ppo(args.policy, args.reward, args.out, ppo_config_from_args(args), args.data, args.prompts,
                       args.ptx_text, resume=args.resume)
     print(f"RM reward {summary['reward_start']:.3f} -> {summary['reward_end']:.3f}, "
           f"gold {summary['gold_start']} -> {summary['gold_end']}, KL {summary['kl_final']:.2f}, "

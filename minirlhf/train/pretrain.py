@@ -9,6 +9,7 @@ falsehoods and insults, which is why the later stages exist.
 
 writes runs/pretrain/checkpoint/ (model, tokenizer, optimizer state), metrics.jsonl
 and loss.png. `--resume` continues an interrupted run exactly where it stopped.
+`--arch lstm` trains the article's predecessor, an LSTM (lstm.py), the same way.
 """
 import argparse
 import time
@@ -19,6 +20,7 @@ import numpy as np
 
 from minirlhf.checkpoint import load_checkpoint, save_gpt
 from minirlhf.errors import MinirlhfError
+from minirlhf.lstm import LSTMConfig, LSTMLanguageModel
 from minirlhf.metrics import MetricsLog
 from minirlhf.model import GPT, PRESETS, GPTConfig
 from minirlhf.plots import plot_metrics
@@ -28,6 +30,7 @@ from minirlhf.train.loop import TrainSettings, add_train_args, restore_rng, rng_
 
 @dataclass
 class PretrainConfig:
+    arch: str = "gpt"  # "gpt" or "lstm" (an LSTM ignores n_head; n_embd is its hidden size)
     tokenizer: str = "bpe"  # "char" or "bpe"
     vocab_size: int = 512  # BPE only; a char tokenizer's vocabulary is the text's characters
     model: dict = field(default_factory=lambda: dict(PRESETS["small"]))  # n_layer, n_head, n_embd, block_size
@@ -78,8 +81,19 @@ def sample_windows(tokens, block_size, batch_size, rng):
     return windows[:, :-1], windows[:, 1:]
 
 
+def new_model(config, vocab_size):
+    """A freshly initialised GPT or LSTM for `config` (a PretrainConfig)."""
+    if config.arch == "gpt":
+        return GPT(GPTConfig(vocab_size=vocab_size, dropout=config.dropout, **config.model), seed=config.seed, dtype=config.dtype)
+    if config.arch == "lstm":
+        sizes = {k: v for k, v in config.model.items() if k != "n_head"}
+        return LSTMLanguageModel(LSTMConfig(vocab_size=vocab_size, dropout=config.dropout, **sizes), seed=config.seed,
+                                 dtype=config.dtype)
+    raise MinirlhfError(f"unknown architecture {config.arch!r}; choose gpt or lstm")
+
+
 def pretrain(text_path, out_dir, config=None, resume=False, progress=True):
-    """Train a GPT on a text file. Returns a summary dict (val_loss, wall_seconds, ...)."""
+    """Train a GPT (or an LSTM: config.arch) on a text file. Returns a summary dict (val_loss, wall_seconds, ...)."""
     config = config or PretrainConfig()
     out_dir = Path(out_dir)
     ckpt_dir = out_dir / "checkpoint"
@@ -88,13 +102,12 @@ def pretrain(text_path, out_dir, config=None, resume=False, progress=True):
 
     if resume:
         ckpt = load_checkpoint(ckpt_dir, kind="lm")
-        tokenizer, model = ckpt.tokenizer, ckpt.gpt()
+        tokenizer, model = ckpt.tokenizer, ckpt.lm()  # the checkpoint's arch, like its sizes
         start_step = int(ckpt.state.get("step", 0))
         rng = restore_rng(ckpt.state["rng"])
     else:
         tokenizer = train_tokenizer(config.tokenizer, text, config.vocab_size if config.tokenizer == "bpe" else None)
-        model_cfg = GPTConfig(vocab_size=tokenizer.vocab_size, dropout=config.dropout, **config.model)
-        model = GPT(model_cfg, seed=config.seed, dtype=config.dtype)
+        model = new_model(config, tokenizer.vocab_size)
         start_step = 0
         rng = np.random.default_rng(config.seed)
     block_size = model.config.block_size
@@ -173,6 +186,9 @@ def add_parser(subparsers):
     )
     p.add_argument("--text", type=Path, required=True, help="UTF-8 text file to train on (any language)")
     p.add_argument("--out", type=Path, required=True, help="run directory to write")
+    p.add_argument("--arch", choices=["gpt", "lstm"], default="gpt",
+                   help="the transformer, or the LSTM the article compares it with (n_embd is its hidden size, "
+                   "n_head is unused; --resume keeps the checkpoint's arch)")
     p.add_argument("--tokenizer", choices=["char", "bpe"], default="bpe", help="character-level or byte-level BPE")
     p.add_argument("--vocab-size", type=int, default=512, help="BPE vocabulary size (ignored for char)")
     add_model_args(p)
@@ -186,7 +202,7 @@ def add_parser(subparsers):
 
 def run(args):
     config = PretrainConfig(
-        tokenizer=args.tokenizer, vocab_size=args.vocab_size, model=model_from_args(args), dropout=args.dropout,
+        arch=args.arch, tokenizer=args.tokenizer, vocab_size=args.vocab_size, model=model_from_args(args), dropout=args.dropout,
         train=train_settings_from_args(args), eval_batches=args.eval_batches, val_fraction=args.val_fraction,
         seed=args.seed, dtype=args.dtype,
     )

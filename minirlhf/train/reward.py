@@ -48,6 +48,7 @@ from minirlhf.toyworld.tasks import parse_prompt
 from minirlhf.toyworld.world import World
 from minirlhf.train.loop import TrainSettings, add_train_args, positive_int, run_loop, train_settings_from_args
 
+SAMPLED_PROMPTS = 250  # RM prompts sampled and ranked by default: the stage takes about a minute
 GENERATE_BATCH = 256  # rows sampled together (bounds the KV cache's memory)
 EVAL_CHUNK = 8  # rankings scored per forward pass in evaluation
 # Independent random streams, so e.g. more epochs do not change the sampled rankings.
@@ -61,7 +62,7 @@ class RewardConfig:
     comparisons: str | None = None  # your own rankings instead of sampling
     held_out_comparisons: str | None = None  # held-out rankings (default: a share of `comparisons`)
     demos: str | None = None  # demonstrations that score 0 after training (default DATA/sft.jsonl)
-    max_prompts: int = 250
+    max_prompts: int | None = None  # a random subset of the prompts / rankings (None: SAMPLED_PROMPTS, all of a file)
     val_fraction: float = 0.15
     k_min: int = 4
     k_max: int = 9
@@ -147,6 +148,11 @@ def read_rankings(path):
             for line, r in load_comparisons(path, line_numbers=True)]
 
 
+def subset(items, n, rng):
+    """A random n of the items (all of them, shuffled, if n is None)."""
+    return [items[i] for i in rng.permutation(len(items))[:n]]
+
+
 def split(items, val_fraction, rng):
     """Shuffle; then (train, held out), with round(val_fraction * n), at least 1, held out."""
     n_val = max(1, round(val_fraction * len(items)))
@@ -177,7 +183,7 @@ def collect_rankings(sft, tokenizer, config, out_dir):
     comparisons_held_out.jsonl), or read from config.comparisons."""
     split_rng = np.random.default_rng([config.seed, SPLIT_STREAM])
     if config.comparisons is not None:
-        train = read_rankings(config.comparisons)
+        train = subset(read_rankings(config.comparisons), config.max_prompts, split_rng)
         if config.held_out_comparisons is not None:
             return Rankings(train, read_rankings(config.held_out_comparisons))
         return Rankings(*split(train, config.val_fraction, split_rng))
@@ -185,7 +191,7 @@ def collect_rankings(sft, tokenizer, config, out_dir):
         raise MinirlhfError(f"need 2 <= k_min <= k_max, got {config.k_min} and {config.k_max}")
     world = World.load(Path(config.data) / "world.json")
     prompts = read_prompts(config.path("prompts", "rm_prompts.jsonl"), tokenizer, sft.config.block_size)
-    prompts = [prompts[i] for i in split_rng.permutation(len(prompts))[:config.max_prompts]]
+    prompts = subset(prompts, config.max_prompts or SAMPLED_PROMPTS, split_rng)
     train_prompts, val_prompts = split(prompts, config.val_fraction, split_rng)
     sample_rng = np.random.default_rng([config.seed, SAMPLE_STREAM])
     held_out = [Labeler(world, HELD_OUT_LABELER)] * len(val_prompts)
@@ -295,7 +301,9 @@ def ranking_metrics(rm, chunks):
 def packed_rankings(ranked, pad_id, block_size):
     """Whole rankings packed EVAL_CHUNK at a time for evaluation, sorted by length so
     that a chunk's rows need little padding (the order does not change the metrics)."""
-    groups = sorted(whole_rankings(ranked), key=lambda g: len(ranked[g[0][0]][0]) + max(map(len, ranked[g[0][0]][1])))
+    longest = [len(prompt) + max(map(len, responses)) for prompt, responses in ranked]
+    rankings = whole_rankings(ranked)
+    groups = [rankings[c] for c in np.argsort(longest, kind="stable")]
     return [pack_groups(ranked, groups[s:s + EVAL_CHUNK], pad_id, block_size) for s in range(0, len(groups), EVAL_CHUNK)]
 
 
@@ -395,6 +403,19 @@ def reward(init, out_dir, config=None, progress=True):
     return summary
 
 
+def retrain(sft, sampler, tokenizer, earlier, config, out_dir, progress=True):
+    """Step 2 again, for iterated RLHF: rank `sampler`'s answers (the current policy)
+    to the RM prompts, add them to the `earlier` training rankings, and train a fresh
+    reward model from `sft` on all of them. The new rankings show the labelers'
+    verdict on what the policy does *now* -- including any way it found to please
+    the old reward model that people do not like. Returns (summary, rankings)."""
+    new = collect_rankings(sampler, tokenizer, config, out_dir)
+    rankings = replace(new, train=list(earlier) + new.train)
+    summary = fit(sft, tokenizer, rankings, read_demos(config, tokenizer, sft.config.block_size), config, out_dir, progress)
+    write_report(out_dir, {**summary, "earlier_train_prompts": len(earlier), "new_train_prompts": len(new.train)})
+    return summary, rankings
+
+
 def compare_pairing(init, out_dir, config=None, progress=True):
     """Train the reward model both ways on the same rankings -- grouped (InstructGPT)
     and shuffled pairs -- into out_dir/grouped and out_dir/shuffled, and plot their
@@ -458,7 +479,9 @@ def add_parser(subparsers):
                       help="held-out rankings to measure accuracy on; if not given, --val-fraction of --comparisons' prompts")
     data.add_argument("--demos", default=None, help="demonstrations that should score 0 on average; if not given, DATA/sft.jsonl")
     data.add_argument("--n-demos", type=positive_int, default=d.n_demos, help="how many demonstrations (the first ones)")
-    data.add_argument("--max-prompts", type=positive_int, default=d.max_prompts, help="RM prompts used (a random subset)")
+    data.add_argument("--max-prompts", type=positive_int, default=d.max_prompts,
+                      help=f"use a random subset of this many RM prompts, or of --comparisons' rankings; "
+                      f"if not given, {SAMPLED_PROMPTS} prompts when sampling, all rankings of a file")
     data.add_argument("--val-fraction", type=float, default=d.val_fraction,
                       help="share of prompts ranked by the held-out labeler and kept out of training")
     data.add_argument("--k-min", type=positive_int, default=d.k_min, help="fewest answers per prompt")
