@@ -9,6 +9,7 @@ after warm-up (which includes any Numba compilation).
     minirlhf bench --preset small --json        # one preset, machine-readable
     minirlhf bench --compare torch              # ours (numba) against PyTorch eager
     minirlhf bench --startup                    # time to the first step, cold/warm cache
+    minirlhf bench --ops                        # each hot op: NumPy reference vs Numba kernel
 
 `--compare torch` builds the same GPT-2 in PyTorch (minirlhf/torch_gpt.py) with the
 same weights, first checks that both give the same loss and gradients on one batch
@@ -31,6 +32,7 @@ import time
 
 import numpy as np
 
+from minirlhf import backend
 from minirlhf.errors import MinirlhfError
 
 # The issue's benchmark presets: model size plus vocabulary and batch.
@@ -242,6 +244,51 @@ def fairness(preset_or_config, dtype=np.float32, seed=0, batch=None):
     }
 
 
+OPS_SHAPE = dict(B=8, T=256, C=256, H=8, V=1024)  # the base preset's batch at full context
+
+
+def measure_ops(min_seconds=1.0, shape=None, seed=0):
+    """Forward + backward of each hot op in float32 at `shape` (default OPS_SHAPE: T = 256),
+    NumPy reference against the Numba kernel: {op: {"numpy_ms", "numba_ms", "speedup"}}."""
+    shape = {**OPS_SHAPE, **(shape or {})}
+    B, T, C, H, V = (shape[k] for k in "BTCHV")
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((B, T, C)).astype(np.float32)
+    w, b = (1 + 0.1 * rng.standard_normal(C)).astype(np.float32), (0.1 * rng.standard_normal(C)).astype(np.float32)
+    qkv = rng.standard_normal((B, T, 3 * C)).astype(np.float32)
+    logits = rng.standard_normal((B, T, V)).astype(np.float32)
+    targets = rng.integers(0, V, size=(B, T))
+    cases = {  # op -> (forward name, its arguments, backward name)
+        "attention": ("attention_forward", (qkv, H), "attention_backward"),
+        "layernorm": ("layernorm_forward", (x, w, b), "layernorm_backward"),
+        "gelu": ("gelu_forward", (x,), "gelu_backward"),
+        "softmax": ("softmax_forward", (rng.standard_normal((B, H, T, T)).astype(np.float32),), "softmax_backward"),
+        "cross-entropy": ("token_logprobs_forward", (logits, targets), "token_logprobs_backward"),
+    }
+    results = {}
+    for op, (fwd, args, bwd) in cases.items():
+        times = {}
+        for backend_name in ("numpy", "numba"):
+            impl = backend.ops(backend_name)
+            out, _ = getattr(impl, fwd)(*args)
+            dout = np.ones_like(out)
+
+            def step():
+                _, cache = getattr(impl, fwd)(*args)
+                getattr(impl, bwd)(dout, cache)
+            step()  # compile (numba) and warm the caches
+            times[backend_name] = _median_times(step, 3, min_seconds)[0] * 1e3
+        results[op] = {"numpy_ms": times["numpy"], "numba_ms": times["numba"], "speedup": times["numpy"] / times["numba"]}
+    return results
+
+
+def format_ops(results):
+    shape = ", ".join(f"{k}={v}" for k, v in OPS_SHAPE.items())
+    lines = [f"hot ops, forward + backward, float32 ({shape})", f"{'op':<14}{'numpy ms':>10}{'numba ms':>10}{'speedup':>9}"]
+    lines += [f"{op:<14}{r['numpy_ms']:>10.2f}{r['numba_ms']:>10.2f}{r['speedup']:>8.1f}x" for op, r in results.items()]
+    return "\n".join(lines)
+
+
 def measure_peak_gflops(repeats=5):
     """The cores' float32 peak as this library reaches it: the best of a few large square
     products (PEAK_SIZE), split between the threads as the model's products are."""
@@ -420,6 +467,8 @@ def add_parser(subparsers):
     p.add_argument("--threads", type=int, default=2, help="threads for both sides (0: each library's default)")
     p.add_argument("--startup", action="store_true", help="also time a fresh process's first training step, "
                    "with a cold and a warm Numba cache")  # fmt: skip
+    p.add_argument("--ops", action="store_true", help="instead: each hot op's forward + backward, the NumPy "
+                   f"reference against the Numba kernel, at T = {OPS_SHAPE['T']}")  # fmt: skip
     p.add_argument("--min-seconds", type=float, default=2.0, help="time each measurement for at least this long")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=run)
@@ -429,6 +478,10 @@ def run(args):
     presets = args.preset or list(BENCH_PRESETS)
     if args.rounds < 1 or args.threads < 0 or args.min_seconds < 0:
         raise MinirlhfError("--rounds must be >= 1, --threads and --min-seconds >= 0")
+    if args.ops:
+        results = measure_ops(args.min_seconds)
+        print(json.dumps(results, indent=2) if args.json else format_ops(results))
+        return
     if args.compare:
         report = compare_torch(presets, args.rounds, args.min_seconds, args.threads)
         if args.startup:

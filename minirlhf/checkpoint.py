@@ -13,7 +13,9 @@ the loader says so. Never pickle: a pickle can run code when loaded.
 
 "kind" says what the model is for ("lm", "reward"); "arch" what it is built from:
 "gpt" (the default, and the only one every stage takes) or "lstm" (the article's
-comparison, see lstm.py: `pretrain --arch lstm` and `sample` take it).
+comparison, see lstm.py: `pretrain --arch lstm` and `sample` take it). A GPT whose
+model config says "causal": false is a masked-language model (mlm.py): only
+`pretrain --resume` and `sample --fill` take it; `Checkpoint.gpt` refuses it.
 """
 import json
 import os
@@ -75,11 +77,16 @@ class Checkpoint:
         return ARCHS[self.arch][0](self.model_config, dtype=dtype, params={k: self.params[k] for k in shapes})
 
     def gpt(self, dtype=None):
-        """The GPT this checkpoint holds (an LM checkpoint, or a reward model's trunk)."""
+        """The causal GPT this checkpoint holds (an LM checkpoint, or a reward model's trunk)."""
         if self.arch != "gpt":
             raise MinirlhfError(
                 f"{self.path}: holds an {self.arch.upper()} language model; this needs a GPT "
                 "(an LSTM checkpoint is for `pretrain --resume` and `sample` only)"
+            )
+        if not self.model_config.causal:
+            raise MinirlhfError(
+                f"{self.path}: holds a bidirectional masked-language model (`pretrain --objective mlm`); this needs "
+                "a causal GPT (an MLM checkpoint is for `pretrain --resume` and `sample --fill` only)"
             )
         return self.lm(dtype)
 

@@ -11,7 +11,7 @@ Each public function here has the signature and return structure of its namesake
     out, cache = layernorm_forward(x, w, b, eps=1e-5)    dx, dw, db = layernorm_backward(dout, cache)
     out, cache = gelu_forward(x)                         dx = gelu_backward(dout, cache)
     y, cache = softmax_forward(x)                        dx = softmax_backward(dout, cache)
-    out, cache = attention_forward(qkv, n_head, dropout=0.0, rng=None)
+    out, cache = attention_forward(qkv, n_head, dropout=0.0, rng=None, causal=True)
                                                          dqkv = attention_backward(dout, cache)
     logp, cache = token_logprobs_forward(logits, targets)
                                                          dlogits = token_logprobs_backward(dlogp, cache)
@@ -733,6 +733,8 @@ def softmax_backward(dout, cache):
 
 # ----------------------------------------------------------------------------
 # Causal multi-head attention: BLAS for the products, Numba for the softmax
+# (`causal=False`, the bidirectional attention of a masked-language model, runs the same
+# code with one query block of all T rows and every row's softmax over all T keys)
 #
 # The four products of attention (scores Q K^T, output P V, and in the backward
 # dP = dO V^T, dQ = dS K, dK = dS^T Q, dV = P^T dO) are matrix products of head size D,
@@ -757,12 +759,13 @@ _SCRATCH_BYTES = 1 << 19  # scores of one work item (half the L2 cache of one co
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _causal_softmax_kernel(s, lse, mask, scale, block):
+def _causal_softmax_kernel(s, lse, mask, scale, block, causal):
     """layers.self_attention_forward's mask and softmax, in place, on the scores
     s (n, H, T, T) of n sequences: row t gets weights P[t, j] = softmax(scale * s[t])
     over keys j <= t, then times the dropout mask (an empty array for none); keys
     j in (t, end of t's causal block) get 0 (the products read them), later ones are
-    never read. Writes each row's logsumexp into lse (n, H, T)."""
+    never read. Writes each row's logsumexp into lse (n, H, T). With causal=False every
+    row's softmax is over all T keys (bidirectional attention) and nothing is zeroed."""
     n, H, T, _ = s.shape
     use_mask = mask.size > 0
     one = s.dtype.type(1.0)
@@ -770,32 +773,33 @@ def _causal_softmax_kernel(s, lse, mask, scale, block):
         for h in range(H):
             for t in range(T):
                 p = s[b, h, t]
+                e = t + 1 if causal else T  # the keys row t may see: 0..e-1
                 m = p[0]
-                for j in range(1, t + 1):
+                for j in range(1, e):
                     m = max(m, p[j])
-                for j in range(t + 1):
+                for j in range(e):
                     p[j] = (p[j] - m) * scale
-                _exp_nonpositive(p[: t + 1])
-                total = _sum(p[: t + 1])
+                _exp_nonpositive(p[:e])
+                total = _sum(p[:e])
                 inv = one / total
-                for j in range(t + 1):
+                for j in range(e):
                     p[j] *= inv
                 if use_mask:
-                    for j in range(t + 1):
+                    for j in range(e):
                         p[j] *= mask[b, h, t, j]
-                for j in range(t + 1, min(T, (t // block + 1) * block)):
+                for j in range(e, min(T, (t // block + 1) * block)):
                     p[j] = 0.0
                 lse[b, h, t] = m * scale + math.log(total)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _causal_softmax_backward_kernel(s, dp, lse, mask, scale, block):
+def _causal_softmax_backward_kernel(s, dp, lse, mask, scale, block, causal):
     """The softmax part of layers.self_attention_backward, in place, with the weights
     recomputed from the scores: s (n, H, T, T) holds S = Q K^T, dp holds dP = dO V^T.
         P = exp(scale * S - lse),   dP *= M,   dS = P (dP - sum_j P dP) * scale
     (softmax_backward, then the 1/sqrt(D) of the scores). On return dp holds dS and s
     holds P * M (P without dropout), the weights that reached the output, for dV.
-    Entries above the diagonal inside a causal block are set to 0 in both."""
+    Entries above the diagonal inside a causal block are set to 0 in both (causal only)."""
     n, H, T, _ = s.shape
     use_mask = mask.size > 0
     for b in range(n):
@@ -803,19 +807,20 @@ def _causal_softmax_backward_kernel(s, dp, lse, mask, scale, block):
             for t in range(T):
                 p, g = s[b, h, t], dp[b, h, t]
                 row_lse = lse[b, h, t]
-                for j in range(t + 1):
+                e = t + 1 if causal else T
+                for j in range(e):
                     p[j] = p[j] * scale - row_lse
-                _exp_nonpositive(p[: t + 1])
+                _exp_nonpositive(p[:e])
                 if use_mask:
-                    for j in range(t + 1):
+                    for j in range(e):
                         g[j] *= mask[b, h, t, j]
-                delta = _dot(p[: t + 1], g[: t + 1])
-                for j in range(t + 1):
+                delta = _dot(p[:e], g[:e])
+                for j in range(e):
                     g[j] = p[j] * (g[j] - delta) * scale
                 if use_mask:
-                    for j in range(t + 1):
+                    for j in range(e):
                         p[j] *= mask[b, h, t, j]
-                for j in range(t + 1, min(T, (t // block + 1) * block)):
+                for j in range(e, min(T, (t // block + 1) * block)):
                     p[j] = 0.0
                     g[j] = 0.0
 
@@ -829,29 +834,30 @@ def _heads(qkv, n_head):
     return q, k, v
 
 
-def _causal_blocks(T):
-    """The causal query blocks [r0, r1) of a length-T sequence."""
-    return _blocks(T, _CAUSAL_BLOCK)
+def _causal_blocks(T, causal):
+    """The causal query blocks [r0, r1) of a length-T sequence; one block of all T rows
+    for bidirectional attention, so the products below become plain full products."""
+    return _blocks(T, _CAUSAL_BLOCK) if causal else [(0, T)]
 
 
-def _causal_matmul_rows(a, b, out, T):
+def _causal_matmul_rows(a, b, out, T, causal):
     """out[.., r0:r1, :] = a[.., r0:r1, :r1] @ b[.., :r1, :] block by block: products whose
     row t only needs columns/rows 0..t of the shared T axis (P V, dS K)."""
-    for r0, r1 in _causal_blocks(T):
+    for r0, r1 in _causal_blocks(T, causal):
         np.matmul(a[..., r0:r1, :r1], b[..., :r1, :], out=out[..., r0:r1, :])
 
 
-def _causal_matmul_scores(a, b_t, out, T):
+def _causal_matmul_scores(a, b_t, out, T, causal):
     """out[.., r0:r1, :r1] = a[.., r0:r1, :] @ b_t[.., :, :r1]: scores-shaped products
     (Q K^T, dO V^T) computed only where a causal block can be non-zero."""
-    for r0, r1 in _causal_blocks(T):
+    for r0, r1 in _causal_blocks(T, causal):
         np.matmul(a[..., r0:r1, :], b_t[..., :, :r1], out=out[..., r0:r1, :r1])
 
 
-def _causal_matmul_transposed(p, x, out, T):
+def _causal_matmul_transposed(p, x, out, T, causal):
     """out[.., c0:c1, :] = p[.., c0:, c0:c1]^T @ x[.., c0:, :]: the products that sum over
     queries (dV = P^T dO, dK = dS^T Q), where key j only gets terms from queries t >= j."""
-    for c0, c1 in _causal_blocks(T):
+    for c0, c1 in _causal_blocks(T, causal):
         np.matmul(np.swapaxes(p[..., c0:, c0:c1], -1, -2), x[..., c0:, :], out=out[..., c0:c1, :])
 
 
@@ -860,7 +866,7 @@ def _attention_items(B, H, T, itemsize):
     return max(1, min(B, _SCRATCH_BYTES // max(1, H * T * T * itemsize)))
 
 
-def _attention_forward_part(lo, hi, per, qkv, n_head, mask, out, lse):
+def _attention_forward_part(lo, hi, per, qkv, n_head, mask, out, lse, causal):
     """Forward for items lo..hi-1 (each `per` sequences): S = Q K^T, softmax, O = P V."""
     B, T, _ = qkv.shape
     q, k, v = _heads(qkv, n_head)
@@ -869,12 +875,12 @@ def _attention_forward_part(lo, hi, per, qkv, n_head, mask, out, lse):
     for item in range(lo, hi):
         b0, b1 = item * per, min(B, (item + 1) * per)
         s = np.empty((b1 - b0, n_head, T, T), qkv.dtype)
-        _causal_matmul_scores(q[b0:b1], np.swapaxes(k[b0:b1], -1, -2), s, T)
-        _causal_softmax_kernel(s, lse[b0:b1], mask[b0:b1], scale, _CAUSAL_BLOCK)
-        _causal_matmul_rows(s, v[b0:b1], o[b0:b1], T)
+        _causal_matmul_scores(q[b0:b1], np.swapaxes(k[b0:b1], -1, -2), s, T, causal)
+        _causal_softmax_kernel(s, lse[b0:b1], mask[b0:b1], scale, _CAUSAL_BLOCK, causal)
+        _causal_matmul_rows(s, v[b0:b1], o[b0:b1], T, causal)
 
 
-def _attention_backward_part(lo, hi, per, dout, qkv, lse, n_head, mask, dqkv):
+def _attention_backward_part(lo, hi, per, dout, qkv, lse, n_head, mask, dqkv, causal):
     """Backward for items lo..hi-1: recompute P, then dV, dS, dQ, dK."""
     B, T, _ = qkv.shape
     q, k, v = _heads(qkv, n_head)
@@ -885,20 +891,21 @@ def _attention_backward_part(lo, hi, per, dout, qkv, lse, n_head, mask, dqkv):
         b0, b1 = item * per, min(B, (item + 1) * per)
         s = np.empty((b1 - b0, n_head, T, T), qkv.dtype)
         dp = np.empty_like(s)
-        _causal_matmul_scores(q[b0:b1], np.swapaxes(k[b0:b1], -1, -2), s, T)
-        _causal_matmul_scores(do[b0:b1], np.swapaxes(v[b0:b1], -1, -2), dp, T)
-        _causal_softmax_backward_kernel(s, dp, lse[b0:b1], mask[b0:b1], scale, _CAUSAL_BLOCK)
-        _causal_matmul_transposed(s, do[b0:b1], dv[b0:b1], T)
-        _causal_matmul_rows(dp, k[b0:b1], dq[b0:b1], T)
-        _causal_matmul_transposed(dp, q[b0:b1], dk[b0:b1], T)
+        _causal_matmul_scores(q[b0:b1], np.swapaxes(k[b0:b1], -1, -2), s, T, causal)
+        _causal_matmul_scores(do[b0:b1], np.swapaxes(v[b0:b1], -1, -2), dp, T, causal)
+        _causal_softmax_backward_kernel(s, dp, lse[b0:b1], mask[b0:b1], scale, _CAUSAL_BLOCK, causal)
+        _causal_matmul_transposed(s, do[b0:b1], dv[b0:b1], T, causal)
+        _causal_matmul_rows(dp, k[b0:b1], dq[b0:b1], T, causal)
+        _causal_matmul_transposed(dp, q[b0:b1], dk[b0:b1], T, causal)
 
 
-def attention_forward(qkv, n_head, dropout=0.0, rng=None):
-    """See layers.attention_forward. qkv (B, T, 3C) -> out (B, T, C).
+def attention_forward(qkv, n_head, dropout=0.0, rng=None, causal=True):
+    """See layers.attention_forward. qkv (B, T, 3C) -> out (B, T, C); causal=False is
+    bidirectional (the same kernels, over every key and with full products).
 
     The dropout mask is drawn by layers.dropout_mask with the reference's shape and
     generator, so both backends drop the same weights for the same rng. The cache holds
-    qkv, the (B, H, T) logsumexps and the mask (if any)."""
+    qkv, the (B, H, T) logsumexps, the mask (if any) and whether it was causal."""
     qkv = _as_float(qkv)
     if qkv.ndim != 3 or n_head < 1 or qkv.shape[-1] % (3 * n_head):
         raise MinirlhfError(f"attention: qkv must be (B, T, 3C) with C divisible by n_head={n_head}, got {qkv.shape}")
@@ -910,20 +917,20 @@ def attention_forward(qkv, n_head, dropout=0.0, rng=None):
     if T:
         per = _attention_items(B, n_head, T, qkv.itemsize)
         _parallel(_attention_forward_part, -(-B // per), B * T * T * C3 // 3, per, qkv, n_head, mask, out, lse,
-                  coarse=True)
-    return out, (qkv, lse, mask, n_head)
+                  bool(causal), coarse=True)
+    return out, (qkv, lse, mask, n_head, bool(causal))
 
 
 def attention_backward(dout, cache):
     """See layers.attention_backward. dout (B, T, C) -> dqkv (B, T, 3C)."""
-    qkv, lse, mask, n_head = cache
+    qkv, lse, mask, n_head, causal = cache
     B, T, C3 = qkv.shape
     dout = _check_dout(dout, (B, T, C3 // 3), qkv.dtype, "attention")
     dqkv = np.empty_like(qkv)
     if T:
         per = _attention_items(B, n_head, T, qkv.itemsize)
         _parallel(_attention_backward_part, -(-B // per), 3 * B * T * T * C3 // 3, per, dout, qkv, lse, n_head, mask,
-                  dqkv, coarse=True)
+                  dqkv, causal, coarse=True)
     return dqkv
 
 # ----------------------------------------------------------------------------

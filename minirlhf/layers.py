@@ -22,6 +22,8 @@ import math
 
 import numpy as np
 
+from minirlhf.errors import MinirlhfError
+
 # ----------------------------------------------------------------------------
 # Token + position embedding
 
@@ -250,8 +252,10 @@ def merge_heads(x):
     return x.transpose(0, 2, 1, 3).reshape(B, T, H * D)
 
 
-def attention_forward(qkv, n_head, dropout=0.0, rng=None):
-    """Causal multi-head attention on the output of c_attn.
+def attention_forward(qkv, n_head, dropout=0.0, rng=None, causal=True):
+    """Multi-head attention on the output of c_attn: causal for a GPT, or, with
+    causal=False, bidirectional (every token sees the whole window, as in BERT's
+    masked-language model: the article's "Jacob [mask] reading" needs "reading").
 
     qkv (B, T, 3C), split into q, k, v in that order (GPT-2's layout), each split
     into n_head heads -> out (B, T, C), the heads' outputs side by side.
@@ -259,7 +263,7 @@ def attention_forward(qkv, n_head, dropout=0.0, rng=None):
     B, T, C3 = qkv.shape
     q, k, v = (split_heads(a, n_head) for a in np.split(qkv, 3, axis=-1))  # (B, H, T, D) each
     attn_mask = dropout_mask((B, n_head, T, T), dropout, rng, qkv.dtype)
-    out, cache = self_attention_forward(q, k, v, causal=True, attn_mask=attn_mask)
+    out, cache = self_attention_forward(q, k, v, causal=causal, attn_mask=attn_mask)
     return merge_heads(out), (cache, n_head)
 
 
@@ -383,7 +387,7 @@ BLOCK_PARAMS = (
 )  # fmt: skip
 
 
-def block_forward(x, p, n_head, dropout=0.0, rng=None, ops=None, kv=None, pos0=0):
+def block_forward(x, p, n_head, dropout=0.0, rng=None, ops=None, kv=None, pos0=0, causal=True):
     """One transformer block, GPT-2's pre-LayerNorm form:
 
         x = x + dropout(attn(ln_1(x)))
@@ -393,14 +397,17 @@ def block_forward(x, p, n_head, dropout=0.0, rng=None, ops=None, kv=None, pos0=0
     Normalising *before* each sublayer leaves the residual stream x untouched, so
     gradients reach early layers through the identity path. With a KV cache `kv`
     (generation), x holds the tokens from position pos0 on and no backward is possible.
+    `causal=False` makes the attention bidirectional (a masked-language model).
     """
     ops = _ops(ops)
     h, ln1_cache = ops.layernorm_forward(x, p["ln_1.weight"], p["ln_1.bias"])
     qkv, c_attn_cache = ops.linear_forward(h, p["attn.c_attn.weight"], p["attn.c_attn.bias"])  # step 1: (B, T, 3C)
     if kv is None:
-        a, attn_cache = ops.attention_forward(qkv, n_head, dropout, rng)  # steps 2-4: (B, T, C)
-    else:
+        a, attn_cache = ops.attention_forward(qkv, n_head, dropout, rng, causal)  # steps 2-4: (B, T, C)
+    elif causal:
         a, attn_cache = ops.kv_cache_attention_forward(qkv, n_head, kv, pos0), None
+    else:  # a cached key never sees the tokens after it, which bidirectional attention needs
+        raise MinirlhfError("a KV cache is for causal attention only; a bidirectional model has no left-to-right generation")
     a, c_proj_cache = ops.linear_forward(a, p["attn.c_proj.weight"], p["attn.c_proj.bias"])
     a, drop1_cache = dropout_forward(a, dropout, rng)
     x = x + a

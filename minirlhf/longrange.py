@@ -8,19 +8,18 @@ others (limitation 1), and it reads one step at a time through a fixed-size stat
 so what was said long ago fades (limitation 2). This module builds that situation
 and measures both models on it.
 
-A sequence is some filler text holding a few statements about different people and
-one activity, then a question about one of them:
+A sequence is some filler text holding a statement about a person and an activity
+(the fact), then a question about them:
 
-    maria hates reading . the rain fell ... jacob loves reading . ken hates reading . old street reading , jacob [loves]
-                                             ^^^^^^^^^^^                                            ^^^^^^^^^^^^^^^^ ^^^^^^^
-                                             the fact: its verb is D tokens before the answer       the query        the decisive word
+    the rain fell ... jacob loves reading . old street was long ... near river reading , jacob [loves]
+                      ^^^^^^^^^^^^^^^^^^^                                      ^^^^^^^^^^^^^^^^ ^^^^^^^
+                      the fact: its verb is D tokens before the answer         the query        the decisive word
 
 Each activity has a usual verb ("reading" -> "hates", as in the article), and each
 statement agrees with it with probability `prior` (0.75): in this text, reading is
 mostly hated. The decisive word is the verb of the statement about the person asked
-about, D tokens back, among other statements (before or after it) about other people.
-A model that goes by the nearby words (the activity's usual verb, or the most recent
-statement) is right when the fact agrees with them and wrong when it does not. So for
+about, D tokens back (with --n-facts > 1, among statements about other people, before
+or after it). A model that goes by the nearby words (the activity's usual verb) is right when the fact agrees with them and wrong when it does not. So for
 each distance D we report the decisive word's accuracy on the *counter-prior* cases
 (Jacob the avid reader: 0% for a model that follows the nearby word, 50% for a coin)
 and on the cases where the fact agrees with the nearby word.
@@ -28,15 +27,17 @@ and on the cases where the fact agrees with the nearby word.
     minirlhf longrange --out runs/longrange
 
 trains a GPT and an LSTM with the same parameter budget (the LSTM's hidden size is
-chosen to match), the same batches, steps, learning-rate schedule and seed, as
-language models on whole sequences, and writes OUT/table.md, OUT/results.json,
+chosen to match), the same batches, steps, learning-rate schedule and seed, to predict
+the decisive word (the filler is random: predicting it teaches nothing, and as 63 of
+every 64 targets it would drown the one that matters; --lm-loss trains on every next
+token instead), reports the wall time of a training step of each, and writes OUT/table.md, OUT/results.json,
 OUT/accuracy_vs_distance.png and each model's OUT/<arch>/metrics.jsonl.
 """
 import argparse
 import json
 import shlex
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -122,6 +123,13 @@ def make_batch(rng, length, distances, counter, n_facts=3, prior=0.75):
     return Batch(tokens[:, :-1], tokens[:, 1:], np.full(B, length - 2), tokens[:, -1], np.array([u for _, u in seqs]))
 
 
+def decisive_targets(batch):
+    """The batch's targets with every position but the decisive word ignored (-1)."""
+    targets = np.full_like(batch.targets, -1)  # (B, T)
+    targets[np.arange(len(batch.query)), batch.query] = batch.answer
+    return targets
+
+
 def training_batch(rng, batch_size, max_distance, n_facts, prior):
     """Distances uniform in [MIN_DISTANCE, max_distance]; the fact goes against the
     nearby word with probability 1 - prior, as every statement in the text does."""
@@ -154,9 +162,15 @@ class LongRangeConfig:
     distances: tuple = (8, 16, 32, 64, 96)  # where accuracy is measured
     max_distance: int = 96  # training distances are uniform in [8, max_distance]
     prior: float = 0.75  # P(a statement agrees with the activity's usual verb) in training
-    n_facts: int = 3  # statements per sequence: the fact asked about and n_facts - 1 about other people
+    # Statements per sequence: the fact asked about and n_facts - 1 about other people. One is the
+    # article's sentence; more turn it into associative recall (find *this* name, read the next
+    # word), which a 2-layer GPT solves only once it has grown an induction circuit, many more
+    # steps than this default budget (3 facts, 1500 steps: 25-30% on the counter-prior cases).
+    n_facts: int = 1
+    lm_loss: bool = False  # train on every next token (mostly random filler), not only on the decisive word
     gpt: dict = field(default_factory=lambda: dict(n_layer=2, n_head=4, n_embd=64))
     lstm_layers: int = 1
+    lstm_lr: float = 0.0  # the LSTM's peak learning rate; 0: the GPT's (train.lr)
     train: TrainSettings = field(default_factory=lambda: TrainSettings(steps=1500, batch_size=32, lr=3e-3, warmup=100,
                                                                        min_lr=3e-4, weight_decay=0.0, eval_every=250))
     eval_size: int = 256
@@ -173,6 +187,8 @@ class LongRangeConfig:
         if not 1 <= self.n_facts <= len(NAMES) or (self.n_facts - 1) * STATEMENT > self.max_distance - MIN_DISTANCE:
             raise MinirlhfError(f"{self.n_facts} statements do not fit in sequences of distance up to {self.max_distance} "
                                 f"(at most {len(NAMES)} people, {STATEMENT} tokens each)")
+        if self.lstm_lr < 0:
+            raise MinirlhfError(f"lstm lr must be positive (or 0: the GPT's), got {self.lstm_lr}")
         if self.eval_size < 2:
             raise MinirlhfError(f"eval size must be at least 2 (one counter-prior case, one not), got {self.eval_size}")
 
@@ -185,16 +201,20 @@ def build_models(config):
     return {"gpt": gpt, "lstm": LSTMLanguageModel(lstm_cfg, seed=config.seed)}
 
 
-def train_one(model, config, eval_sets, out_dir, progress):
-    """Train `model` as a language model on the task; log decisive accuracies per distance."""
-    settings = config.train
+def train_one(model, config, settings, eval_sets, out_dir, progress):
+    """Train `model` on the task; log decisive accuracies per distance. Returns the mean
+    wall time of a training step's forward and backward, in seconds."""
     rng = np.random.default_rng(config.seed)  # the same batches for every architecture
     optimizer = settings.make_optimizer(model.params)
+    compute = []
 
     def step_fn(step):
         batch = training_batch(rng, settings.batch_size, config.max_distance, config.n_facts, config.prior)
-        loss, grads = model.loss_and_grads(batch.idx, batch.targets)
-        return loss, grads, int((batch.targets != -1).sum())
+        targets = batch.targets if config.lm_loss else decisive_targets(batch)
+        t0 = time.perf_counter()
+        loss, grads = model.loss_and_grads(batch.idx, targets)
+        compute.append(time.perf_counter() - t0)
+        return loss, grads, int((targets != -1).sum())
 
     def eval_fn():
         return {f"counter_D{d}": decisive_scores(model, batch)[0] for d, batch in eval_sets.items()}
@@ -204,6 +224,7 @@ def train_one(model, config, eval_sets, out_dir, progress):
                  metrics=metrics, desc=type(model).__name__, progress=progress)
     plot_metrics(out_dir / "metrics.jsonl", out_dir / "training.png",
                  {"loss": ["loss"], "decisive accuracy, counter-prior": [f"counter_D{d}" for d in eval_sets]})
+    return float(np.mean(compute))
 
 
 def run_longrange(out_dir, config=None, progress=True, command=None):
@@ -218,12 +239,16 @@ def run_longrange(out_dir, config=None, progress=True, command=None):
     results = {"config": {**asdict(config), "train": asdict(config.train)}, "models": {}}
     for arch, model in build_models(config).items():
         t0 = time.perf_counter()
-        train_one(model, config, eval_sets, out_dir / arch, progress)
+        lr = config.lstm_lr if arch == "lstm" and config.lstm_lr else config.train.lr
+        settings = replace(config.train, lr=lr, min_lr=config.train.min_lr * lr / config.train.lr)  # same schedule shape
+        step_seconds = train_one(model, config, settings, eval_sets, out_dir / arch, progress)
         scores = {d: decisive_scores(model, batch) for d, batch in eval_sets.items()}
         results["models"][arch] = {
             "n_params": model.n_params,
             "model": model.config.to_dict(),
+            "lr": lr,
             "wall_seconds": time.perf_counter() - t0,
+            "step_seconds": step_seconds,
             "by_distance": {str(d): dict(zip(("counter_prior", "prior_agrees", "follows_nearby"), s)) for d, s in scores.items()},
         }
     results["command"] = command
@@ -237,9 +262,10 @@ def results_table(results):
     """Markdown: decisive-word accuracy per distance, both models, and how it was made."""
     gpt, lstm = results["models"]["gpt"], results["models"]["lstm"]
     train = results["config"]["train"]
+    lrs = f"peak lr {gpt['lr']:g}" + ("" if lstm["lr"] == gpt["lr"] else f" (GPT) and {lstm['lr']:g} (LSTM)")
     lines = [
         f"Decisive-word accuracy (GPT {gpt['n_params']:,} parameters, LSTM {lstm['n_params']:,}; "
-        f"{train['steps']} steps of {train['batch_size']} sequences each, same batches, schedule and seed).",
+        f"{train['steps']} steps of {train['batch_size']} sequences each, same batches, schedule and seed; {lrs}).",
         "Counter-prior: the fact contradicts the nearby word (Jacob the avid reader); following the nearby word scores 0%.",
         "",
         "| distance D | GPT, counter-prior | LSTM, counter-prior | GPT, fact agrees | LSTM, fact agrees |",
@@ -248,6 +274,9 @@ def results_table(results):
     for d in gpt["by_distance"]:
         g, s = gpt["by_distance"][d], lstm["by_distance"][d]
         lines.append(f"| {d} | {g['counter_prior']:.0%} | {s['counter_prior']:.0%} | {g['prior_agrees']:.0%} | {s['prior_agrees']:.0%} |")
+    lines += ["", f"Wall time of a training step (forward + backward, {train['batch_size']} sequences of "
+                  f"{results['config']['max_distance'] + 1} tokens): GPT {gpt['step_seconds'] * 1e3:.0f} ms, "
+                  f"LSTM {lstm['step_seconds'] * 1e3:.0f} ms."]
     if results.get("command"):
         lines += ["", f"Made by: `{results['command']}`"]
     return "\n".join(lines)
@@ -291,7 +320,8 @@ def command_line(out, config):
     defaults = {**asdict(default), **default.gpt, **asdict(default.train)}
     for name, value in values.items():
         if name not in ("gpt", "train") and value != defaults[name]:
-            words += ["--" + name.replace("_", "-"), ",".join(map(str, value)) if name == "distances" else str(value)]
+            flag = "--" + name.replace("_", "-")
+            words += [flag] if value is True else [flag, ",".join(map(str, value)) if name == "distances" else str(value)]
     return shlex.join(words)
 
 
@@ -311,9 +341,11 @@ def add_parser(subparsers):
     p.add_argument("--max-distance", type=int, default=defaults.max_distance, help="longest training distance")
     p.add_argument("--prior", type=float, default=defaults.prior, help="how often a statement agrees with its activity's usual verb")
     p.add_argument("--n-facts", type=int, default=defaults.n_facts, help="statements per sequence (about different people)")
+    p.add_argument("--lm-loss", action="store_true", help="train on every next token, not only the decisive word")
     for name, value in defaults.gpt.items():
         p.add_argument("--" + name.replace("_", "-"), dest=name, type=int, default=value, help=f"the GPT's {name}")
     p.add_argument("--lstm-layers", type=int, default=defaults.lstm_layers, help="LSTM layers (its hidden size is chosen to match the GPT's parameters)")
+    p.add_argument("--lstm-lr", type=float, default=defaults.lstm_lr, help="the LSTM's peak lr (min lr scaled alike); 0: --lr")
     add_train_args(p, **asdict(defaults.train))
     p.add_argument("--eval-size", type=int, default=defaults.eval_size, help="sequences per distance in the measurement")
     p.add_argument("--seed", type=int, default=0)
@@ -323,7 +355,8 @@ def add_parser(subparsers):
 def run(args):
     config = LongRangeConfig(
         distances=args.distances, max_distance=args.max_distance, prior=args.prior, n_facts=args.n_facts,
-        gpt={k: getattr(args, k) for k in LongRangeConfig().gpt}, lstm_layers=args.lstm_layers,
+        lm_loss=args.lm_loss, gpt={k: getattr(args, k) for k in LongRangeConfig().gpt}, lstm_layers=args.lstm_layers,
+        lstm_lr=args.lstm_lr,
         train=train_settings_from_args(args), eval_size=args.eval_size, seed=args.seed,
     )  # fmt: skip
     results = run_longrange(args.out, config, command=command_line(args.out, config))

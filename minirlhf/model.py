@@ -47,6 +47,10 @@ class GPTConfig:
     n_head: int = 4
     n_embd: int = 128
     dropout: float = 0.0  # residual, attention and embedding dropout (one rate, as in GPT-2)
+    # True: a GPT, each token sees only the tokens before it. False: bidirectional, every
+    # token sees the whole window: BERT's masked-language model (mlm.py), which fills a
+    # blank from both sides but cannot generate text left to right.
+    causal: bool = True
 
     def __post_init__(self):
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
@@ -57,6 +61,8 @@ class GPTConfig:
             raise MinirlhfError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
         if not 0.0 <= self.dropout < 1.0:
             raise MinirlhfError(f"dropout must be in [0, 1), got {self.dropout}")
+        if not isinstance(self.causal, (bool, np.bool_)):
+            raise MinirlhfError(f"GPTConfig.causal must be true or false, got {self.causal!r}")
 
     def to_dict(self):
         return asdict(self)
@@ -168,7 +174,7 @@ class GPT:
         x, drop_cache = dropout_forward(x, p_drop, rng)
         block_caches = []
         for i, block in enumerate(self.blocks):
-            x, c = block_forward(x, block, cfg.n_head, p_drop, rng, ops, None if kv is None else kv[i], pos0)
+            x, c = block_forward(x, block, cfg.n_head, p_drop, rng, ops, None if kv is None else kv[i], pos0, cfg.causal)
             block_caches.append(c)
         h, lnf_cache = ops.layernorm_forward(x, p["ln_f.weight"], p["ln_f.bias"])  # (B, T, C)
         return h, (emb_cache, drop_cache, block_caches, lnf_cache, ops)
@@ -250,8 +256,17 @@ class GPT:
     # ------------------------------------------------------------------
     # generation with a KV cache
 
+    def require_causal(self, what):
+        """Refuse a bidirectional (masked-language) model where a causal one is needed."""
+        if not self.config.causal:
+            raise MinirlhfError(
+                f"{what} needs a causal language model; this GPT is bidirectional (causal=False, trained with "
+                "`pretrain --objective mlm`): it fills blanks (`sample --fill`) but cannot write left to right"
+            )
+
     def new_kv_cache(self, batch, length):
         """Empty key/value buffers, one (K, V) pair per layer, each (B, H, length, D)."""
+        self.require_causal("generation with a KV cache")
         cfg = self.config
         shape = (batch, cfg.n_head, length, cfg.n_embd // cfg.n_head)
         return [(np.zeros(shape, self.dtype), np.zeros(shape, self.dtype)) for _ in range(cfg.n_layer)]

@@ -13,6 +13,7 @@ interrupted pretraining or PPO run from its last checkpoint.
       sft/        step 1: supervised fine-tuning on demonstrations
       reward/     step 2: the reward model, with the rankings it was trained on
       ppo/        step 3: the PPO policy (ChatGPT's role) and its value model
+                  (with --method dpo or grpo: dpo/ or grpo/, that method's policy)
       eval/       helpfulness, truthfulness, harmlessness; plots and samples
       report.json report.md
 """
@@ -30,12 +31,17 @@ from minirlhf.evaluate import evaluate_models, load_eval_sets, load_models, summ
 from minirlhf.model import PRESETS as MODEL_PRESETS
 from minirlhf.toyworld.generate import write_datasets
 from minirlhf.train.loop import TrainSettings
+from minirlhf.train.dpo import DPOConfig, run_dpo
+from minirlhf.train.grpo import GRPOConfig, run_grpo
 from minirlhf.train.ppo import PPOConfig, run_ppo
 from minirlhf.train.pretrain import PretrainConfig, pretrain
 from minirlhf.train.reward import RewardConfig, reward
 from minirlhf.train.sft import SFTConfig, sft
 
 STAGES = ("data", "pretrain", "sft", "reward", "ppo", "eval")
+# Step 3's methods. The stage keeps PPO's name in STAGES and report.json whatever the
+# method; its folder is the method's name (ppo/, dpo/, grpo/).
+METHODS = ("ppo", "dpo", "grpo")
 
 
 @dataclass
@@ -46,6 +52,8 @@ class PipelinePreset:
     sft: SFTConfig = field(default_factory=SFTConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
+    dpo: DPOConfig = field(default_factory=DPOConfig)
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
     eval_max_new_tokens: int = 48
 
 
@@ -53,8 +61,11 @@ PRESETS = {
     # The README's main command: minutes on a 2-core laptop.
     "demo": PipelinePreset(
         pretrain=PretrainConfig(vocab_size=768, model=dict(MODEL_PRESETS["small"]),
-                                train=TrainSettings(steps=2500, batch_size=16, lr=2e-3, min_lr=2e-4, warmup=100,
+                                train=TrainSettings(steps=1500, batch_size=16, lr=2e-3, min_lr=2e-4, warmup=100,
                                                     eval_every=500)),
+        reward=RewardConfig(max_prompts=800, train=TrainSettings(
+            steps=0, batch_size=8, lr=3e-4, min_lr=3e-5, warmup=3, eval_every=20)),
+        ppo=PPOConfig(iterations=30, lr=3e-5, value_lr=5e-5, beta=0.1),
     ),
     # For the test suite: every stage runs, in seconds, on a model too small to learn much.
     "tiny": PipelinePreset(
@@ -63,8 +74,11 @@ PRESETS = {
                                 eval_batches=2),
         sft=SFTConfig(epochs=1),
         reward=RewardConfig(max_prompts=24, n_demos=32, eval_train_prompts=8),
-        ppo=PPOConfig(iterations=4, rollouts=16, minibatch=8, epochs=2, lr=1e-4, value_lr=1e-4, save_every=2,
+        ppo=PPOConfig(iterations=6, rollouts=32, minibatch=16, epochs=2, lr=1e-3, value_lr=1e-3, save_every=2,
                       max_new_tokens=24),
+        dpo=DPOConfig(sample_prompts=16, max_new_tokens=24, train=TrainSettings(
+            steps=0, batch_size=4, lr=1e-3, min_lr=1e-4, warmup=2, weight_decay=0.0, eval_every=5)),
+        grpo=GRPOConfig(iterations=4, groups=4, group_size=4, minibatch=8, lr=1e-3, save_every=2, max_new_tokens=24),
         eval_max_new_tokens=24,
     ),
 }
@@ -73,14 +87,17 @@ PRESETS = {
 class Pipeline:
     """Runs the stages in order; each stage is a method returning its summary dict."""
 
-    def __init__(self, out_dir, preset, seed=0, progress=True):
+    def __init__(self, out_dir, preset, seed=0, progress=True, method="ppo"):
+        if method not in METHODS:
+            raise MinirlhfError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
         self.out = Path(out_dir)
         self.preset = preset
         self.seed = seed
         self.progress = progress
+        self.method = method
 
     def folder(self, stage):
-        return self.out / stage
+        return self.out / (self.method if stage == "ppo" else stage)
 
     def data(self, resume):
         summary = write_datasets(self.folder("data"), seed=self.seed)
@@ -100,20 +117,28 @@ class Pipeline:
         return reward(self.folder("sft"), self.folder("reward"), config, self.progress)
 
     def ppo(self, resume):
-        config = replace(self.preset.ppo, seed=self.seed)
+        """Step 3 by the chosen method: PPO, GRPO, or DPO on the reward stage's rankings."""
         resume = resume and (self.folder("ppo") / "checkpoint" / "state.json").exists()
         data = self.folder("data")
+        if self.method == "dpo":  # starts over when interrupted: it is the shortest stage
+            return run_dpo(self.folder("sft"), self.folder("ppo"), replace(self.preset.dpo, seed=self.seed),
+                           reward_dir=self.folder("reward"), data_dir=data, progress=self.progress)
+        if self.method == "grpo":
+            return run_grpo(self.folder("sft"), self.folder("reward"), self.folder("ppo"),
+                            replace(self.preset.grpo, seed=self.seed), data, resume=resume, progress=self.progress)
+        config = replace(self.preset.ppo, seed=self.seed)
         reward_config = replace(self.preset.reward, seed=self.seed)
         return run_ppo(self.folder("sft"), self.folder("reward"), self.folder("ppo"), config, data,
                        ptx_text=data / "corpus.txt", reward_config=reward_config, resume=resume, progress=self.progress)
 
     def eval(self, resume):
         world, sets = load_eval_sets(self.folder("data"))
-        models = load_models({name: self.folder(stage) for name, stage in (("base", "pretrain"), ("sft", "sft"), ("ppo", "ppo"))})
+        stages = (("base", "pretrain"), ("sft", "sft"), (self.method, "ppo"))
+        models = load_models({name: self.folder(stage) for name, stage in stages})
         samples = []
         result = evaluate_models(models, world, sets, np.random.default_rng(self.seed),
                                  max_new_tokens=self.preset.eval_max_new_tokens, progress=self.progress, samples=samples)
-        write_report(self.folder("eval"), result, samples, ppo_metrics={"ppo": self.folder("ppo") / "metrics.jsonl"})
+        write_report(self.folder("eval"), result, samples, ppo_metrics={self.method: self.folder("ppo") / "metrics.jsonl"})
         return {"eval": result}
 
     def run(self, resume=False):
@@ -124,9 +149,9 @@ class Pipeline:
             done = self.folder(stage) / "summary.json"
             if resume and done.exists():
                 summaries[stage] = json.loads(done.read_text())
-                self.say(f"[{i}/{len(STAGES)}] {stage}: finished earlier, skipped")
+                self.say(f"[{i}/{len(STAGES)}] {self.folder(stage).name}: finished earlier, skipped")
                 continue
-            self.say(f"[{i}/{len(STAGES)}] {stage}")
+            self.say(f"[{i}/{len(STAGES)}] {self.folder(stage).name}")
             t0 = time.perf_counter()
             summary = getattr(self, stage)(resume)
             summary["wall_seconds"] = time.perf_counter() - t0
@@ -154,7 +179,7 @@ def build_report(summaries, total_seconds, seed):
         "reward": {"val_accuracy": rw["val_accuracy"], "train_accuracy": rw.get("train_accuracy"),
                    "labeler_agreement": rw.get("labeler_agreement")},
         "ppo": {"kl_final": pp["kl_final"], "reward_start": pp["reward_start"], "reward_end": pp["reward_end"],
-                "gold_start": pp["gold_start"], "gold_end": pp["gold_end"]},
+                "gold_start": pp["gold_start"], "gold_end": pp["gold_end"], "method": pp.get("method", "ppo")},
         "eval": summaries["eval"]["eval"],
     }
 
@@ -167,8 +192,8 @@ def summary_table(report):
         ("pretrain val loss", f"{report['pretrain']['val_loss']:.3f}"),
         ("SFT val loss", f"{report['sft']['val_loss']:.3f}"),
         ("RM held-out accuracy", f"{report['reward']['val_accuracy']:.1%}"),
-        ("PPO RM reward", f"{report['ppo']['reward_start']:.3f} -> {report['ppo']['reward_end']:.3f} "
-                          f"(KL {report['ppo']['kl_final']:.2f})"),
+        (f"{report['ppo']['method'].upper()} RM reward",
+         f"{report['ppo']['reward_start']:.3f} -> {report['ppo']['reward_end']:.3f} (KL {report['ppo']['kl_final']:.2f})"),
     ]
     for key, wr in ev["win_rate"].items():
         rows.append((f"win rate {key.replace('_vs_', ' over ')}", f"{wr['value']:.1%} [{wr['ci95'][0]:.1%}, {wr['ci95'][1]:.1%}]"))
@@ -195,16 +220,21 @@ def add_parser(subparsers):
     )
     p.add_argument("--preset", choices=sorted(PRESETS), default="demo", help="sizes and steps of every stage")
     p.add_argument("--seed", type=int, default=0, help="seed of the toy world and of every stage")
-    p.add_argument("--out", type=Path, default=None, help="run folder (default runs/PRESET-seedN)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="run folder (default runs/PRESET-seedN; runs/PRESET-METHOD-seedN for dpo and grpo)")
     p.add_argument("--resume", action="store_true", help="skip finished stages, continue an interrupted one")
+    p.add_argument("--method", choices=METHODS, default="ppo",
+                   help="step 3: PPO with a value model, GRPO (group-relative, no value model), or DPO (directly on "
+                   "the reward model's rankings); the stage's folder is named after it")
     p.set_defaults(func=run)
 
 
 def run(args):
-    out = args.out or Path("runs") / f"{args.preset}-seed{args.seed}"
+    method = "" if args.method == "ppo" else f"-{args.method}"
+    out = args.out or Path("runs") / f"{args.preset}{method}-seed{args.seed}"
     if out.exists() and any(out.iterdir()) and not args.resume:
         raise MinirlhfError(f"{out} already holds a run; use --resume to continue it, or another --out")
-    report = Pipeline(out, PRESETS[args.preset], args.seed).run(resume=args.resume)
+    report = Pipeline(out, PRESETS[args.preset], args.seed, method=args.method).run(resume=args.resume)
     print()
     print(summary_table(report))
     print(f"\nreport: {out / 'report.md'}   plots: {out / 'eval'}")

@@ -1,6 +1,7 @@
 """`minirlhf sample`: continue a prompt with a trained model.
 
     minirlhf sample --ckpt runs/pretrain --prompt "jacob loves" --num-samples 3
+    minirlhf sample --ckpt runs/mlm --fill "jacob ___ reading"     (a masked-language model)
 """
 import argparse
 from pathlib import Path
@@ -8,6 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from minirlhf.checkpoint import load_lm
+from minirlhf.errors import MinirlhfError
+from minirlhf.mlm import fill_blank, split_blank
 
 
 def resolve_checkpoint(path):
@@ -41,7 +44,9 @@ def add_parser(subparsers):
         "sample",
         help="generate text from a checkpoint",
         description="Sample continuations of a prompt from a checkpoint, with a KV cache. "
-        "The output stops at the end-of-text token or after --max-new-tokens.",
+        "The output stops at the end-of-text token or after --max-new-tokens. "
+        "A masked-language model (pretrain --objective mlm) cannot continue a prompt; "
+        "it fills a blank instead: --fill \"jacob ___ reading\" prints its --top-k guesses.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--ckpt", type=Path, required=True, help="checkpoint directory (or a run directory holding checkpoint/)")
@@ -50,14 +55,32 @@ def add_parser(subparsers):
     p.add_argument("--max-new-tokens", type=int, default=100)
     p.add_argument("--temperature", type=float, default=1.0, help="<1 sharper, >1 more random")
     p.add_argument("--greedy", action="store_true", help="always take the most likely token (ignores temperature)")
-    p.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens only")
+    p.add_argument("--top-k", type=int, default=None,
+                   help="sample among the k most likely tokens only (with --fill: how many guesses to print, default 5)")
     p.add_argument("--top-p", type=float, default=None, help="sample among the smallest set of tokens with this much probability")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fill", metavar="TEXT", default=None,
+                   help="masked-language model only: TEXT with one blank (___ or [MASK]); print the most likely "
+                   "tokens for it with their probabilities, instead of sampling")
     p.set_defaults(func=run)
 
 
+def print_fill(model, tokenizer, text, top_k):
+    """One line per guess: its probability and the text with the blank filled."""
+    left, right = split_blank(tokenizer, text)
+    for token, prob in fill_blank(model, tokenizer, text, top_k):
+        print(f"{prob:7.2%}  {left}{token}{right}")
+
+
 def run(args):
-    model, tokenizer = load_lm(resolve_checkpoint(args.ckpt))  # a GPT or an LSTM
+    path = resolve_checkpoint(args.ckpt)
+    model, tokenizer = load_lm(path)  # a GPT (causal, or masked-language) or an LSTM
+    if args.fill is not None:
+        print_fill(model, tokenizer, args.fill, args.top_k or 5)
+        return
+    if not getattr(model.config, "causal", True):
+        raise MinirlhfError(f"{path}: holds a masked-language model (pretrain --objective mlm), which cannot continue "
+                            'a prompt; ask it to fill a blank: --fill "jacob ___ reading"')
     rng = np.random.default_rng(args.seed)
     temperature = None if args.greedy else args.temperature
     outputs = complete(model, tokenizer, [args.prompt] * args.num_samples, rng, args.max_new_tokens, temperature, args.top_k, args.top_p)

@@ -33,7 +33,10 @@ tokenizer decides what one token stands for. This module has two:
 Both tokenizers end their vocabulary with the `SPECIAL_TOKENS`: `<|endoftext|>`, which
 separates documents and tells the model where an answer stops, and `<|pad|>`, which
 fills batches of unequal lengths. They are distinct tokens so that padding can be
-masked out of a loss while end-of-text stays in it.
+masked out of a loss while end-of-text stays in it. A tokenizer for a masked-language
+model (`mask_token=True`, see mlm.py) adds a third, `<|mask|>`: the blank the model
+learns to fill ("Jacob <|mask|> reading"). It is optional so that every tokenizer
+saved before it existed loads unchanged, with the same ids.
 
 Typical use::
 
@@ -54,10 +57,20 @@ from minirlhf.datasets import atomic_write_text
 from minirlhf.errors import MinirlhfError
 
 SPECIAL_TOKENS = ("<|endoftext|>", "<|pad|>")
+MASK_TOKEN = "<|mask|>"  # only in a masked-language model's tokenizer, after the others
+MLM_SPECIAL_TOKENS = SPECIAL_TOKENS + (MASK_TOKEN,)
 
-# Splits text around the literal special-token strings; the capturing group keeps
-# the specials themselves in the result of `re.split`.
-_SPECIAL_SPLIT = re.compile("(" + "|".join(re.escape(s) for s in SPECIAL_TOKENS) + ")")
+# Split text around the literal special-token strings of a tokenizer; the capturing
+# group keeps the specials themselves in the result of `re.split`. (Without a mask
+# token, "<|mask|>" in a text is ordinary text, as it was before the mask existed.)
+_SPECIAL_SPLIT = {
+    specials: re.compile("(" + "|".join(re.escape(s) for s in specials) + ")")
+    for specials in (SPECIAL_TOKENS, MLM_SPECIAL_TOKENS)
+}
+
+
+def _specials(mask_token):
+    return MLM_SPECIAL_TOKENS if mask_token else SPECIAL_TOKENS
 
 # How BPE cuts text into chunks before merging. GPT-2's idea, written for the standard
 # `re` module: a word with its leading space, a number, a run of punctuation or
@@ -93,15 +106,18 @@ class Tokenizer:
     """What both tokenizers share: special tokens, encode/decode, save, equality.
 
     A subclass numbers its own ("regular") tokens 0 .. n_regular-1; the special
-    tokens get the next ids, in the order of `SPECIAL_TOKENS`. It provides `kind`
-    (the "type" in its JSON), `_encode_ordinary(text, position)` and
-    `_decode_ordinary(ids)` for text without special tokens, and `_vocab_dict()`.
+    tokens get the next ids, in the order of `SPECIAL_TOKENS` (then `MASK_TOKEN` if
+    `mask_token`). It provides `kind` (the "type" in its JSON),
+    `_encode_ordinary(text, position)` and `_decode_ordinary(ids)` for text without
+    special tokens, and `_vocab_dict()`.
     """
 
-    def __init__(self, n_regular):
-        self._special_to_id = {s: n_regular + i for i, s in enumerate(SPECIAL_TOKENS)}
+    def __init__(self, n_regular, mask_token=False):
+        self._specials = _specials(mask_token)
+        self._special_to_id = {s: n_regular + i for i, s in enumerate(self._specials)}
         self._id_to_special = {i: s for s, i in self._special_to_id.items()}
-        self._vocab_size = n_regular + len(SPECIAL_TOKENS)
+        self.n_regular = n_regular
+        self._vocab_size = n_regular + len(self._specials)
 
     @property
     def vocab_size(self):
@@ -119,9 +135,19 @@ class Tokenizer:
         return self._special_to_id["<|pad|>"]
 
     @property
+    def mask_id(self):
+        """Id of `<|mask|>`, the blank of a masked-language model (mlm.py)."""
+        if MASK_TOKEN not in self._special_to_id:
+            raise MinirlhfError(
+                f"this tokenizer has no {MASK_TOKEN} token; masked-language modelling needs one "
+                "(train it with mask_token=True, as `pretrain --objective mlm` does)"
+            )
+        return self._special_to_id[MASK_TOKEN]
+
+    @property
     def special_ids(self):
-        """Ids of the special tokens, in the order of `SPECIAL_TOKENS`."""
-        return tuple(self._special_to_id[s] for s in SPECIAL_TOKENS)
+        """Ids of the special tokens, in the order of `SPECIAL_TOKENS` (then the mask)."""
+        return tuple(self._special_to_id[s] for s in self._specials)
 
     def encode(self, text):
         """Turn `text` into a list of token ids.
@@ -133,7 +159,7 @@ class Tokenizer:
         """
         ids = []
         position = 0  # of the current piece in `text`, for error messages
-        for piece in _SPECIAL_SPLIT.split(text):
+        for piece in _SPECIAL_SPLIT[self._specials].split(text):
             if piece in self._special_to_id:
                 ids.append(self._special_to_id[piece])
             elif piece:
@@ -177,7 +203,7 @@ class Tokenizer:
 
     def to_dict(self):
         """Everything needed to rebuild this tokenizer, as JSON-compatible data."""
-        return {"type": self.kind, **self._vocab_dict(), "special_tokens": list(SPECIAL_TOKENS)}
+        return {"type": self.kind, **self._vocab_dict(), "special_tokens": list(self._specials)}
 
     def save(self, path):
         """Write the tokenizer as UTF-8 JSON, atomically (a crash never leaves half a file)."""
@@ -200,19 +226,20 @@ class CharTokenizer(Tokenizer):
 
     kind = "char"
 
-    def __init__(self, chars):
+    def __init__(self, chars, mask_token=False):
         """`chars`: the characters of the vocabulary, in id order (no duplicates)."""
         self._chars = tuple(chars)
         self._char_to_id = {c: i for i, c in enumerate(self._chars)}
-        super().__init__(len(self._chars))
+        super().__init__(len(self._chars), mask_token)
 
     @classmethod
-    def train(cls, text):
+    def train(cls, text, mask_token=False):
         """Vocabulary = the sorted set of characters of `text` (special-token strings excluded)."""
-        ordinary = "".join(p for p in _SPECIAL_SPLIT.split(text) if p not in SPECIAL_TOKENS)
+        specials = _specials(mask_token)
+        ordinary = "".join(p for p in _SPECIAL_SPLIT[specials].split(text) if p not in specials)
         if not ordinary:
             raise MinirlhfError("cannot train a character tokenizer on empty text")
-        return cls(sorted(set(ordinary)))
+        return cls(sorted(set(ordinary)), mask_token)
 
     @property
     def chars(self):
@@ -247,7 +274,7 @@ class BPETokenizer(Tokenizer):
 
     kind = "bpe"
 
-    def __init__(self, merges):
+    def __init__(self, merges, mask_token=False):
         """`merges`: the learned pairs of token ids, in the order they were learned.
 
         Merge number k joins the pair `merges[k]` into the new token id 256 + k.
@@ -259,25 +286,25 @@ class BPETokenizer(Tokenizer):
         self._token_bytes = [bytes([b]) for b in range(_N_BYTES)]
         for a, b in self._merges:
             self._token_bytes.append(self._token_bytes[a] + self._token_bytes[b])
-        self._token_bytes += [s.encode("utf-8") for s in SPECIAL_TOKENS]
         self._chunk_cache = {}  # chunk -> its ids; natural text repeats its words a lot
-        super().__init__(_N_BYTES + len(self._merges))
+        super().__init__(_N_BYTES + len(self._merges), mask_token)
+        self._token_bytes += [s.encode("utf-8") for s in self._specials]
 
     @classmethod
-    def train(cls, text, vocab_size):
+    def train(cls, text, vocab_size, mask_token=False):
         """Learn merges on `text` until the vocabulary has `vocab_size` tokens.
 
         `vocab_size` counts the 256 bytes, the merges and the special tokens. Among
         equally frequent pairs, the one with the smallest ids is merged first, so the
         same text always gives the same tokenizer.
         """
-        smallest = _N_BYTES + len(SPECIAL_TOKENS)
+        smallest = _N_BYTES + len(_specials(mask_token))
         if not _is_integer(vocab_size) or vocab_size < smallest:
             raise MinirlhfError(
                 f"BPE vocab_size must be an integer of at least {smallest} (256 bytes + "
-                f"{len(SPECIAL_TOKENS)} special tokens), got {vocab_size!r}"
+                f"{smallest - _N_BYTES} special tokens), got {vocab_size!r}"
             )
-        chunk_counts = _count_chunks(text)
+        chunk_counts = _count_chunks(text, _specials(mask_token))
         if not chunk_counts:
             raise MinirlhfError("cannot train a BPE tokenizer on empty text")
         n_merges = vocab_size - smallest
@@ -288,7 +315,7 @@ class BPETokenizer(Tokenizer):
                 f"after {len(merges)} merges every chunk is a single token; use a "
                 f"vocab_size of at most {smallest + len(merges)}, or more text"
             )
-        return cls(merges)
+        return cls(merges, mask_token)
 
     @property
     def merges(self):
@@ -340,11 +367,11 @@ def _is_integer(value):
     return not isinstance(value, bool)
 
 
-def _count_chunks(text):
+def _count_chunks(text, specials=SPECIAL_TOKENS):
     """How often each chunk occurs in `text`; special-token strings are left out."""
     counts = Counter()
-    for piece in _SPECIAL_SPLIT.split(text):
-        if piece not in SPECIAL_TOKENS:
+    for piece in _SPECIAL_SPLIT[specials].split(text):
+        if piece not in specials:
             counts.update(_CHUNK.findall(piece))
     return counts
 
@@ -429,19 +456,20 @@ def _pop_most_frequent(heap, pair_counts):
 TOKENIZER_KINDS = (CharTokenizer.kind, BPETokenizer.kind)
 
 
-def train_tokenizer(kind, text, vocab_size=None):
-    """Train a tokenizer of `kind` "char" (no vocab_size: the text decides) or "bpe"."""
+def train_tokenizer(kind, text, vocab_size=None, mask_token=False):
+    """Train a tokenizer of `kind` "char" (no vocab_size: the text decides) or "bpe";
+    `mask_token` adds `<|mask|>` for a masked-language model."""
     if kind == "char":
         if vocab_size is not None:
             raise MinirlhfError(
                 "a character tokenizer's vocabulary is the set of characters of the "
                 f"training text, so vocab_size cannot be chosen (got {vocab_size})"
             )
-        return CharTokenizer.train(text)
+        return CharTokenizer.train(text, mask_token)
     if kind == "bpe":
         if vocab_size is None:
             raise MinirlhfError("a BPE tokenizer needs a vocab_size, e.g. 512 or 1024")
-        return BPETokenizer.train(text, vocab_size)
+        return BPETokenizer.train(text, vocab_size, mask_token)
     raise MinirlhfError(f"unknown tokenizer kind {kind!r}; choose one of {_known_kinds()}")
 
 
@@ -453,13 +481,15 @@ def tokenizer_from_dict(d):
     if kind not in TOKENIZER_KINDS:
         raise MinirlhfError(f'tokenizer "type" must be one of {_known_kinds()}, got {kind!r}')
     special_tokens = _field(d, "special_tokens")
-    if special_tokens != list(SPECIAL_TOKENS):
+    if special_tokens not in (list(SPECIAL_TOKENS), list(MLM_SPECIAL_TOKENS)):
         raise MinirlhfError(
-            f'tokenizer "special_tokens" must be {list(SPECIAL_TOKENS)}, got {special_tokens!r}'
+            f'tokenizer "special_tokens" must be {list(SPECIAL_TOKENS)} (or, for a masked-language model, '
+            f"{list(MLM_SPECIAL_TOKENS)}), got {special_tokens!r}"
         )
+    mask_token = special_tokens == list(MLM_SPECIAL_TOKENS)
     if kind == CharTokenizer.kind:
-        return CharTokenizer(_checked_chars(_field(d, "chars")))
-    return BPETokenizer(_checked_merges(_field(d, "merges")))
+        return CharTokenizer(_checked_chars(_field(d, "chars")), mask_token)
+    return BPETokenizer(_checked_merges(_field(d, "merges")), mask_token)
 
 
 def _field(d, name):

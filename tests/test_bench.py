@@ -108,3 +108,12 @@ def test_startup_times():
     startup = bench.measure_startup(threads=1)
     assert set(startup) == {"cold_s", "warm_s"}
     assert startup["cold_s"] > 0 and startup["warm_s"] > 0
+
+
+def test_ops_times_every_hot_op_on_both_backends():
+    results = bench.measure_ops(min_seconds=0.0, shape=dict(B=2, T=16, C=16, H=2, V=32))
+    assert list(results) == ["attention", "layernorm", "gelu", "softmax", "cross-entropy"]
+    for op, r in results.items():
+        assert r["numpy_ms"] > 0 and r["numba_ms"] > 0, op
+        assert r["speedup"] == pytest.approx(r["numpy_ms"] / r["numba_ms"])
+    assert bench.format_ops(results).splitlines()[2].startswith("attention")

@@ -19,6 +19,7 @@ from minirlhf.longrange import (
     build_models,
     command_line,
     decisive_scores,
+    decisive_targets,
     evaluation_batch,
     make_sequence,
     run_longrange,
@@ -69,6 +70,9 @@ def test_batches_are_seeded_balanced_and_follow_the_prior():
     assert a.idx.shape == (64, 49) and np.all(a.query == 48)  # the last input position: the query's name
     np.testing.assert_array_equal(a.targets[:, :-1], a.idx[:, 1:])  # targets are the next tokens
     np.testing.assert_array_equal(a.targets[np.arange(64), a.query], a.answer)
+    targets = decisive_targets(a)  # what training is scored on: the decisive word alone
+    assert (targets != -1).sum() == 64
+    np.testing.assert_array_equal(targets[np.arange(64), a.query], a.answer)
     batch = training_batch(np.random.default_rng(0), 2000, 48, 3, prior=0.75)
     counter_share = (batch.answer != batch.nearby).mean()
     assert abs(counter_share - 0.25) < 0.04  # 4 standard deviations
@@ -115,15 +119,18 @@ def test_models_have_the_same_budget():
 
 
 def test_tiny_run_writes_table_plot_results_and_is_deterministic(tmp_path, capsys):
-    config = tiny_config()
+    config = tiny_config(lstm_lr=3e-2)
     results = run_longrange(tmp_path / "a", config, progress=False, command=command_line(tmp_path / "a", config))
     for name in ("table.md", "results.json", "accuracy_vs_distance.png", "gpt/metrics.jsonl", "lstm/training.png"):
         assert (tmp_path / "a" / name).exists(), name
     table = (tmp_path / "a" / "table.md").read_text()
     assert "| 8 |" in table and "| 16 |" in table and "minirlhf longrange --out" in table and "--n-facts 2" in table
+    assert "--lm-loss" not in table and "--lstm-lr" in table and "(LSTM)" in table and "Wall time of a training step" in table
     saved = json.loads((tmp_path / "a" / "results.json").read_text())
     assert set(saved["models"]) == {"gpt", "lstm"}
+    assert saved["models"]["gpt"]["lr"] == 1e-2 and saved["models"]["lstm"]["lr"] == 3e-2
     for arch in ("gpt", "lstm"):
+        assert saved["models"][arch]["step_seconds"] > 0
         for scores in saved["models"][arch]["by_distance"].values():
             assert all(0.0 <= v <= 1.0 for v in scores.values())
     again = run_longrange(tmp_path / "b", config, progress=False)
@@ -133,6 +140,13 @@ def test_tiny_run_writes_table_plot_results_and_is_deterministic(tmp_path, capsy
     losses = [[json.loads(line).get("loss") for line in (tmp_path / d / "gpt" / "metrics.jsonl").read_text().splitlines()]
               for d in ("a", "b")]
     assert losses[0] == losses[1]
+
+
+def test_command_line_reruns_the_config(tmp_path):
+    config = tiny_config(lm_loss=True, lstm_lr=1e-3)
+    words = command_line(tmp_path, config).split()
+    assert words[words.index("--lm-loss") + 1].startswith("--") and words[words.index("--lstm-lr") + 1] == "0.001"
+    assert "--lm-loss" not in command_line(tmp_path, tiny_config())
 
 
 def test_cli_errors(tmp_path, capsys):

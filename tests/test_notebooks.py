@@ -1,7 +1,9 @@
 """Every notebook under notebooks/ runs top to bottom in a fresh kernel and is stored
-without outputs (the policy, see minirlhf/notebook_tools.py); the students' copies of the
-exercises run too, with every checker saying "not implemented yet"; and the
-`minirlhf notebooks` command executes, writes and strips outputs.
+without outputs (the policy, see minirlhf/notebook_tools.py): the ten lesson notebooks
+(one per part of the article, each drawing its figures and ending with "What you saw")
+and the exercises; the students' copies of the exercises run too, with every checker
+saying "not implemented yet"; and the `minirlhf notebooks` command executes, writes and
+strips outputs.
 
 The kernel is `sys.executable -m ipykernel_launcher` (no installed kernelspec is used),
 so the notebooks import the minirlhf under test; one test checks exactly that."""
@@ -16,6 +18,11 @@ from minirlhf.exercises.student import write_student_copies
 from minirlhf.notebook_tools import NOTEBOOKS, execute_notebook, find_notebooks, is_stripped, read_notebook
 
 NOTEBOOK_PATHS = find_notebooks()
+LESSONS = (
+    "01_the_recipe.ipynb", "02_language_modelling.ipynb", "03_lstm_limits.ipynb", "04_self_attention.ipynb",
+    "05_backprop.ipynb", "06_pretraining.ipynb", "07_sft.ipynb", "08_reward_model.ipynb", "09_ppo.ipynb",
+    "10_evaluation.ipynb",
+)
 
 
 def errors(cell):
@@ -31,6 +38,21 @@ def test_the_exercise_notebooks_are_found():
     assert {"exercises/01_attention.ipynb", "exercises/02_backprop.ipynb", "exercises/03_rlhf_losses.ipynb"} <= names
 
 
+def test_the_lesson_notebooks_are_found():
+    names = {p.relative_to(NOTEBOOKS).as_posix() for p in NOTEBOOK_PATHS}
+    assert set(LESSONS) <= names
+
+
+@pytest.mark.parametrize("name", LESSONS)
+def test_a_lesson_ends_with_what_you_saw(name):
+    last = read_notebook(NOTEBOOKS / name).cells[-1]
+    assert last.cell_type == "markdown" and "## What you saw" in last.source.splitlines(), last.source[-200:]
+
+
+def images(nb):
+    return [out for cell in nb.cells if cell.cell_type == "code" for out in cell.outputs if "image/png" in out.get("data", {})]
+
+
 @pytest.mark.parametrize("path", NOTEBOOK_PATHS, ids=lambda p: p.relative_to(NOTEBOOKS).as_posix())
 def test_notebook_executes(path):
     nb = execute_notebook(path)
@@ -38,6 +60,8 @@ def test_notebook_executes(path):
         if cell.cell_type == "code" and cell.source.startswith("check_"):
             checker = cell.source.split("(")[0]
             assert f"✓ {checker} passed." in text_of(cell)
+    if path.parent == NOTEBOOKS and path.name in LESSONS:  # its figures are drawn inline (minirlhf.plots' Agg backend would hide them)
+        assert images(nb), f"{path.name}: no figure was shown"
 
 
 def test_notebooks_are_stored_without_outputs():

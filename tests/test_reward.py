@@ -22,10 +22,10 @@ from minirlhf.reward import (
 from minirlhf.sequences import pack
 from minirlhf.tokenizer import train_tokenizer
 from minirlhf.train.reward import all_pairs, gold_accuracy, training_schedule, whole_rankings
+from conftest import char_tokenizer, write_jsonl
 from test_model import perturbed_model
 
 DATA = Path(__file__).resolve().parent.parent / "data"
-ALPHABET = "abcdefghijklmnopqrstuvwxyz .,:?!\n"
 
 
 def log_sigmoid(x):
@@ -132,10 +132,6 @@ def test_score_is_read_at_the_last_token_whatever_the_padding_and_batching(rng):
     np.testing.assert_allclose(score(rm, prompts, responses, batch_size=2, pad_id=7), together, rtol=1e-10)
 
 
-def char_tokenizer():
-    return train_tokenizer("char", ALPHABET)
-
-
 def test_finished_responses_are_scored_at_end_of_text_and_bias_sets_demo_mean_zero():
     tok = char_tokenizer()
     cfg = GPTConfig(vocab_size=tok.vocab_size, block_size=48, n_layer=1, n_head=2, n_embd=8)
@@ -182,36 +178,10 @@ def test_training_schedule_pairs_versus_grouped(rng):
 # `minirlhf reward` end to end on a tiny model
 
 
-def write_jsonl(path, records):
-    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
-    return path
-
-
-@pytest.fixture
-def sft_ckpt(tmp_path):
-    tok = char_tokenizer()
-    model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=64, n_layer=1, n_head=2, n_embd=16), seed=3)
-    save_gpt(tmp_path / "sft" / "checkpoint", model, tok)
-    return tmp_path / "sft"
-
-
 @pytest.fixture
 def demos(tmp_path):
     return write_jsonl(tmp_path / "demos.jsonl", [{"prompt": f"copy this exactly: {w}\nanswer:", "response": f" {w}"}
                                                    for w in ("goat chef", "cat", "pilot rome")])
-
-
-@pytest.fixture
-def comparisons(tmp_path):
-    """Rankings a model can learn: the right copy, a cut-off copy, an insult."""
-    words = ["goat", "chef", "cat", "rome", "pilot", "nurse", "paris", "hiking"]
-    records = []
-    for i in range(24):
-        text = f"{words[i % 8]} {words[(i * 3 + 1) % 8]}"
-        records.append({"prompt": f"copy this exactly: {text}\nanswer:",
-                        "responses": [f" {text}", f" {text[:4]}", " you idiot!"][: 2 + i % 2],
-                        "finished": [True, False, True][: 2 + i % 2]})
-    return write_jsonl(tmp_path / "comparisons.jsonl", records)
 
 
 def reward_args(sft, out, demos, *extra):

@@ -28,17 +28,18 @@ from minirlhf import ppo
 from minirlhf.checkpoint import load_checkpoint, load_gpt, save_checkpoint, save_gpt
 from minirlhf.datasets import load_prompts
 from minirlhf.errors import MinirlhfError
-from minirlhf.metrics import MetricsLog
+from minirlhf.metrics import MetricsLog, read_metrics
 from minirlhf.model import ScalarModel
 from minirlhf.optim import AdamW, clip_grad_norm
 from minirlhf.plots import plot_metrics
 from minirlhf.reward import load_reward_model, scores_forward
-from minirlhf.sample import generate_ids, resolve_checkpoint, response_text
+from minirlhf.sample import generate_ids, resolve_checkpoint
 from minirlhf.sequences import pack
-from minirlhf.toyworld import PromptFormatError, World, gold_score
+from minirlhf.toyworld import World
 from minirlhf.train.loop import restore_rng, rng_state
 from minirlhf.train.reward import RewardConfig, read_rankings, retrain
 from minirlhf.train.pretrain import read_text, sample_windows
+from minirlhf.train.rollout import mean_gold_score
 
 
 @dataclass
@@ -173,14 +174,10 @@ class PPOTrainer:
     def gold(self, roll):
         """Mean gold (labeler) score of the rollouts: the truth the RM only estimates.
         None when the prompts are not the toy world's (the labeler cannot read them)."""
-        if self.world is None:
-            return None
-        texts = [response_text(self.tokenizer, r, f) for r, f in zip(roll["response_ids"], roll["finished"])]
-        try:
-            return float(np.mean([gold_score(self.world, p, t, f) for p, t, f in zip(roll["texts"], texts, roll["finished"])]))
-        except PromptFormatError:
-            self.world = None
-            return None
+        score = mean_gold_score(self.world, self.tokenizer, roll["texts"], roll["response_ids"], roll["finished"])
+        if score is None:
+            self.world = None  # not the toy world's prompts: stop asking
+        return score
 
     # -- checkpoints -------------------------------------------------------
 
@@ -259,25 +256,41 @@ def run_ppo(policy_path, reward_path, out_dir, config=None, data_dir="data", pro
             trainer.reward_model, _ = load_reward_model(out_dir / f"reward_round{trainer.round + 1}" / "checkpoint", tokenizer)
             earlier = rankings_of(out_dir / f"reward_round{trainer.round + 1}")
     per_round = math.ceil(config.iterations / config.rounds)
+
+    def new_round(metrics):
+        """Steps 2 and 3 again, when a round is over: new rankings of this policy's
+        answers, a new reward model."""
+        nonlocal earlier
+        if trainer.iterations_done // per_round <= trainer.round:
+            return
+        trainer.round += 1
+        round_dir = out_dir / f"reward_round{trainer.round + 1}"
+        round_config = replace(reward_config, seed=reward_config.seed + trainer.round)
+        summary, rankings = retrain(reference, policy, tokenizer, earlier, round_config, round_dir, progress)
+        earlier = rankings.train
+        trainer.reward_model, _ = load_reward_model(round_dir / "checkpoint", tokenizer)
+        metrics.log(step=trainer.iterations_done, round=trainer.round + 1, rm_val_accuracy=summary["val_accuracy"])
+
     t0 = time.perf_counter()
-    records = []
+    summary = run_iterations(trainer, out_dir, config, "ppo", resume, progress, before_iteration=new_round)
+    plot_metrics(out_dir / "metrics.jsonl", out_dir / "ppo.png", PANELS, title="PPO")
+    return {**summary, "rounds": config.rounds, "wall_seconds": time.perf_counter() - t0}
+
+
+def run_iterations(trainer, out_dir, config, desc, resume=False, progress=True, before_iteration=None):
+    """The loop PPO and GRPO share: `trainer.iteration()` until config.iterations, a
+    metrics.jsonl line for each, `trainer.save(out_dir)` every config.save_every and at
+    the end, a progress bar with the RM reward, gold score and KL. before_iteration(metrics),
+    if given, runs before each iteration (PPO's reward-model rounds).
+    Returns the numbers the pipeline reports: reward, gold at start and end, final KL."""
     with MetricsLog(out_dir / "metrics.jsonl", resume_after_step=trainer.iterations_done if resume else None) as metrics:
-        bar = tqdm(total=config.iterations, initial=trainer.iterations_done, desc="ppo", unit="it", disable=not progress,
+        bar = tqdm(total=config.iterations, initial=trainer.iterations_done, desc=desc, unit="it", disable=not progress,
                    dynamic_ncols=True)
         try:
             while trainer.iterations_done < config.iterations:
-                if trainer.iterations_done // per_round > trainer.round:
-                    # Steps 2 and 3 again: new rankings of this policy's answers, a new reward model.
-                    trainer.round += 1
-                    round_dir = out_dir / f"reward_round{trainer.round + 1}"
-                    round_config = replace(reward_config, seed=reward_config.seed + trainer.round)
-                    summary, rankings = retrain(reference, policy, tokenizer, earlier, round_config, round_dir, progress)
-                    earlier = rankings.train
-                    trainer.reward_model, _ = load_reward_model(round_dir / "checkpoint", tokenizer)
-                    metrics.log(step=trainer.iterations_done, round=trainer.round + 1,
-                                rm_val_accuracy=summary["val_accuracy"])
+                if before_iteration is not None:
+                    before_iteration(metrics)
                 record = trainer.iteration()
-                records.append(record)
                 metrics.log(step=trainer.iterations_done, **record)
                 bar.update(1)
                 bar.set_postfix(rm=f"{record['rm_reward']:.3f}", gold=f"{record['gold_score'] or float('nan'):.3f}",
@@ -286,16 +299,16 @@ def run_ppo(policy_path, reward_path, out_dir, config=None, data_dir="data", pro
                     trainer.save(out_dir)
         finally:
             bar.close()
-    plot_metrics(out_dir / "metrics.jsonl", out_dir / "ppo.png", PANELS, title="PPO")
+    # From the file, not this process's iterations: a resumed run reports the whole run.
+    records = [r for r in read_metrics(out_dir / "metrics.jsonl") if "rm_reward" in r]
+    first, last = (records[0], records[-1]) if records else ({}, {})
     return {
-        "reward_start": records[0]["rm_reward"] if records else None,
-        "reward_end": records[-1]["rm_reward"] if records else None,
-        "gold_start": records[0]["gold_score"] if records else None,
-        "gold_end": records[-1]["gold_score"] if records else None,
-        "kl_final": records[-1]["kl"] if records else None,
+        "reward_start": first.get("rm_reward"),
+        "reward_end": last.get("rm_reward"),
+        "gold_start": first.get("gold_score"),
+        "gold_end": last.get("gold_score"),
+        "kl_final": last.get("kl"),
         "iterations": trainer.iterations_done,
-        "rounds": config.rounds,
-        "wall_seconds": time.perf_counter() - t0,
         "checkpoint": str(out_dir / "checkpoint"),
     }
 
@@ -332,20 +345,30 @@ HELP = {
 }
 
 
-def add_ppo_args(parser):
-    group = parser.add_argument_group("PPO")
-    defaults = PPOConfig()
-    for f in fields(PPOConfig):
+def add_config_args(parser, config_cls, helps, title):
+    """A flag for every field of a flat config dataclass (--iterations, --lr, ...), its
+    default the dataclass's; booleans are switches. GRPO's command shares this."""
+    group = parser.add_argument_group(title)
+    defaults = config_cls()
+    for f in fields(config_cls):
         flag = "--" + f.name.replace("_", "-")
         value = getattr(defaults, f.name)
         if isinstance(value, bool):
-            group.add_argument(flag, dest=f.name, action="store_true", help=HELP[f.name])
+            group.add_argument(flag, dest=f.name, action="store_true", help=helps[f.name])
         else:
-            group.add_argument(flag, dest=f.name, type=type(value), default=value, help=HELP[f.name])
+            group.add_argument(flag, dest=f.name, type=type(value), default=value, help=helps[f.name])
+
+
+def config_from_args(config_cls, args):
+    return config_cls(**{f.name: getattr(args, f.name) for f in fields(config_cls)})
+
+
+def add_ppo_args(parser):
+    add_config_args(parser, PPOConfig, HELP, "PPO")
 
 
 def ppo_config_from_args(args):
-    return PPOConfig(**{f.name: getattr(args, f.name) for f in fields(PPOConfig)})
+    return config_from_args(PPOConfig, args)
 
 
 def add_parser(subparsers):

@@ -10,6 +10,9 @@ falsehoods and insults, which is why the later stages exist.
 writes runs/pretrain/checkpoint/ (model, tokenizer, optimizer state), metrics.jsonl
 and loss.png. `--resume` continues an interrupted run exactly where it stopped.
 `--arch lstm` trains the article's predecessor, an LSTM (lstm.py), the same way.
+`--objective mlm` trains BERT's masked-language model instead (mlm.py): a bidirectional
+GPT that predicts 15% hidden tokens of each window from both sides; it fills blanks
+(`minirlhf sample --fill "jacob ___ reading"`) but cannot generate.
 """
 import argparse
 import time
@@ -22,6 +25,7 @@ from minirlhf.checkpoint import load_checkpoint, save_gpt
 from minirlhf.errors import MinirlhfError
 from minirlhf.lstm import LSTMConfig, LSTMLanguageModel
 from minirlhf.metrics import MetricsLog
+from minirlhf.mlm import mask_tokens
 from minirlhf.model import GPT, PRESETS, GPTConfig
 from minirlhf.plots import plot_metrics
 from minirlhf.tokenizer import train_tokenizer
@@ -31,6 +35,7 @@ from minirlhf.train.loop import TrainSettings, add_train_args, restore_rng, rng_
 @dataclass
 class PretrainConfig:
     arch: str = "gpt"  # "gpt" or "lstm" (an LSTM ignores n_head; n_embd is its hidden size)
+    objective: str = "clm"  # "clm": next-token prediction (GPT); "mlm": masked tokens, bidirectional (BERT)
     tokenizer: str = "bpe"  # "char" or "bpe"
     vocab_size: int = 512  # BPE only; a char tokenizer's vocabulary is the text's characters
     model: dict = field(default_factory=lambda: dict(PRESETS["small"]))  # n_layer, n_head, n_embd, block_size
@@ -81,10 +86,27 @@ def sample_windows(tokens, block_size, batch_size, rng):
     return windows[:, :-1], windows[:, 1:]
 
 
+def objective_of(model):
+    """The objective a model is built for: "mlm" if it is a bidirectional GPT, else "clm"."""
+    return "clm" if getattr(model.config, "causal", True) else "mlm"
+
+
+def training_batch(tokens, block_size, batch_size, rng, tokenizer, objective):
+    """A batch (inputs, targets) for the objective: random windows and, for "clm", the
+    windows shifted by one; for "mlm", the windows masked BERT's way (mlm.mask_tokens)."""
+    x, y = sample_windows(tokens, block_size, batch_size, rng)
+    return (x, y) if objective == "clm" else mask_tokens(x, tokenizer, rng)
+
+
 def new_model(config, vocab_size):
     """A freshly initialised GPT or LSTM for `config` (a PretrainConfig)."""
+    if config.objective not in ("clm", "mlm"):
+        raise MinirlhfError(f"unknown objective {config.objective!r}; choose clm or mlm")
     if config.arch == "gpt":
-        return GPT(GPTConfig(vocab_size=vocab_size, dropout=config.dropout, **config.model), seed=config.seed, dtype=config.dtype)
+        gpt_config = GPTConfig(vocab_size=vocab_size, dropout=config.dropout, causal=config.objective == "clm", **config.model)
+        return GPT(gpt_config, seed=config.seed, dtype=config.dtype)
+    if config.objective == "mlm":
+        raise MinirlhfError("--objective mlm needs bidirectional attention, i.e. --arch gpt; an LSTM reads left to right")
     if config.arch == "lstm":
         sizes = {k: v for k, v in config.model.items() if k != "n_head"}
         return LSTMLanguageModel(LSTMConfig(vocab_size=vocab_size, dropout=config.dropout, **sizes), seed=config.seed,
@@ -102,21 +124,24 @@ def pretrain(text_path, out_dir, config=None, resume=False, progress=True):
 
     if resume:
         ckpt = load_checkpoint(ckpt_dir, kind="lm")
-        tokenizer, model = ckpt.tokenizer, ckpt.lm()  # the checkpoint's arch, like its sizes
+        tokenizer, model = ckpt.tokenizer, ckpt.lm()  # the checkpoint's arch and objective, like its sizes
         start_step = int(ckpt.state.get("step", 0))
         rng = restore_rng(ckpt.state["rng"])
     else:
-        tokenizer = train_tokenizer(config.tokenizer, text, config.vocab_size if config.tokenizer == "bpe" else None)
+        tokenizer = train_tokenizer(config.tokenizer, text, config.vocab_size if config.tokenizer == "bpe" else None,
+                                    mask_token=config.objective == "mlm")
         model = new_model(config, tokenizer.vocab_size)
         start_step = 0
         rng = np.random.default_rng(config.seed)
     block_size = model.config.block_size
+    objective = objective_of(model)
 
     tokens = np.asarray(tokenizer.encode(text), dtype=np.int64)
     train_tokens, val_tokens = split_tokens(tokens, config.val_fraction, block_size)
     eval_rng = np.random.default_rng(config.seed + 1)  # fixed evaluation windows: comparable curves
     eval_sets = {
-        name: [sample_windows(part, block_size, settings.batch_size, eval_rng) for _ in range(config.eval_batches)]
+        name: [training_batch(part, block_size, settings.batch_size, eval_rng, tokenizer, objective)
+               for _ in range(config.eval_batches)]
         for name, part in (("train_loss_eval", train_tokens), ("val_loss", val_tokens))
     }
 
@@ -127,7 +152,7 @@ def pretrain(text_path, out_dir, config=None, resume=False, progress=True):
         optimizer.load_state_dict(ckpt.optimizer)
 
     def step_fn(step):
-        x, y = sample_windows(train_tokens, block_size, settings.batch_size, rng)
+        x, y = training_batch(train_tokens, block_size, settings.batch_size, rng, tokenizer, objective)
         loss, grads = model.loss_and_grads(x, y, rng=rng if model.config.dropout else None)
         return loss, grads, x.size
 
@@ -136,7 +161,7 @@ def pretrain(text_path, out_dir, config=None, resume=False, progress=True):
 
     def save_fn(steps_done):
         save_gpt(ckpt_dir, model, tokenizer, optimizer.state_dict(), {"step": steps_done, "rng": rng_state(rng)},
-                 stage="pretrain", text=str(text_path))
+                 stage="pretrain", objective=objective, text=str(text_path))
 
     t0 = time.perf_counter()
     with MetricsLog(out_dir / "metrics.jsonl", resume_after_step=start_step if resume else None) as metrics:
@@ -144,7 +169,8 @@ def pretrain(text_path, out_dir, config=None, resume=False, progress=True):
                          metrics=metrics, desc="pretrain", progress=progress)
     wall = time.perf_counter() - t0
     plot_metrics(out_dir / "metrics.jsonl", out_dir / "loss.png",
-                 {"pretraining loss": ["loss", "train_loss_eval", "val_loss"]}, title=f"pretrain: {Path(text_path).name}")
+                 {"pretraining loss": ["loss", "train_loss_eval", "val_loss"]},
+                 title=f"pretrain{' (masked LM)' if objective == 'mlm' else ''}: {Path(text_path).name}")
     return {
         "val_loss": final.get("val_loss"),
         "train_loss": final.get("train_loss_eval"),
@@ -179,9 +205,9 @@ def model_from_args(args):
 def add_parser(subparsers):
     p = subparsers.add_parser(
         "pretrain",
-        help="train a GPT on a text file (next-token prediction)",
+        help="train a GPT on a text file (next-token prediction, or masked tokens: --objective mlm)",
         description="Pretrain a GPT from scratch on a UTF-8 text file: train a tokenizer on it, then "
-        "minimise next-token cross-entropy with AdamW. Writes OUT/checkpoint/, OUT/metrics.jsonl, OUT/loss.png.",
+        "minimise next-token cross-entropy (or, with --objective mlm, the cross-entropy of masked tokens) with AdamW. Writes OUT/checkpoint/, OUT/metrics.jsonl, OUT/loss.png.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--text", type=Path, required=True, help="UTF-8 text file to train on (any language)")
@@ -189,6 +215,10 @@ def add_parser(subparsers):
     p.add_argument("--arch", choices=["gpt", "lstm"], default="gpt",
                    help="the transformer, or the LSTM the article compares it with (n_embd is its hidden size, "
                    "n_head is unused; --resume keeps the checkpoint's arch)")
+    p.add_argument("--objective", choices=["clm", "mlm"], default="clm",
+                   help="clm: predict the next token (a GPT); mlm: BERT's masked-language model, bidirectional "
+                   "attention, predict 15%% masked tokens (fill a blank with `minirlhf sample --fill`; it cannot "
+                   "generate; --resume keeps the checkpoint's objective)")
     p.add_argument("--tokenizer", choices=["char", "bpe"], default="bpe", help="character-level or byte-level BPE")
     p.add_argument("--vocab-size", type=int, default=512, help="BPE vocabulary size (ignored for char)")
     add_model_args(p)
@@ -202,7 +232,7 @@ def add_parser(subparsers):
 
 def run(args):
     config = PretrainConfig(
-        arch=args.arch, tokenizer=args.tokenizer, vocab_size=args.vocab_size, model=model_from_args(args), dropout=args.dropout,
+        arch=args.arch, objective=args.objective, tokenizer=args.tokenizer, vocab_size=args.vocab_size, model=model_from_args(args), dropout=args.dropout,
         train=train_settings_from_args(args), eval_batches=args.eval_batches, val_fraction=args.val_fraction,
         seed=args.seed, dtype=args.dtype,
     )

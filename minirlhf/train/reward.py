@@ -109,13 +109,13 @@ def at(where, fn, *args):
         raise MinirlhfError(f"{where}: {e}") from None
 
 
-def sample_rankings(sft, tokenizer, labelers, prompts, config, rng):
+def sample_rankings(sft, tokenizer, labelers, prompts, config, rng, progress=True):
     """For each prompt, K ~ U{k_min..k_max} answers from the SFT model, ranked by its
     labeler. prompts: [(prompt, where)]; labelers: one Labeler per prompt."""
     ks = rng.integers(config.k_min, config.k_max + 1, size=len(prompts))
     rows = [prompt for (prompt, _), k in zip(prompts, ks) for _ in range(k)]
     respond = model_responder(sft, tokenizer, config.max_new_tokens, config.temperature, GENERATE_BATCH,
-                              desc="sampling answers")
+                              desc="sampling answers" if progress else None)
     answers = respond(rows, rng)
     rankings, start = [], 0
     for (prompt, where), k, labeler in zip(prompts, ks, labelers):
@@ -178,7 +178,7 @@ class Rankings:
     val_gold: list | None = None  # gold scores of the held-out answers (one array per ranking)
 
 
-def collect_rankings(sft, tokenizer, config, out_dir):
+def collect_rankings(sft, tokenizer, config, out_dir, progress=True):
     """Rankings sampled and labelled (written to out_dir as comparisons.jsonl and
     comparisons_held_out.jsonl), or read from config.comparisons."""
     split_rng = np.random.default_rng([config.seed, SPLIT_STREAM])
@@ -195,8 +195,9 @@ def collect_rankings(sft, tokenizer, config, out_dir):
     train_prompts, val_prompts = split(prompts, config.val_fraction, split_rng)
     sample_rng = np.random.default_rng([config.seed, SAMPLE_STREAM])
     held_out = [Labeler(world, HELD_OUT_LABELER)] * len(val_prompts)
-    train = sample_rankings(sft, tokenizer, training_labelers(world, len(train_prompts)), train_prompts, config, sample_rng)
-    val = sample_rankings(sft, tokenizer, held_out, val_prompts, config, sample_rng)
+    train = sample_rankings(sft, tokenizer, training_labelers(world, len(train_prompts)), train_prompts, config,
+                            sample_rng, progress)
+    val = sample_rankings(sft, tokenizer, held_out, val_prompts, config, sample_rng, progress)
     # The label noise: the training labelers re-rank the held-out labeler's answers.
     ceiling = labeler_agreement(val, training_labelers(world, len(val)), np.random.default_rng([config.seed, LABEL_STREAM]))
     write_jsonl(Path(out_dir) / "comparisons.jsonl", [record for record, _ in train])
@@ -381,10 +382,10 @@ def fit(sft, tokenizer, rankings, demos, config, out_dir, progress=True):
     }
 
 
-def prepare(init, config, out_dir):
+def prepare(init, config, out_dir, progress=True):
     """Load the SFT model, collect the rankings and the demonstrations."""
     sft, tokenizer = load_gpt(resolve_checkpoint(init))
-    rankings = collect_rankings(sft, tokenizer, config, out_dir)
+    rankings = collect_rankings(sft, tokenizer, config, out_dir, progress)
     return sft, tokenizer, rankings, read_demos(config, tokenizer, sft.config.block_size)
 
 
@@ -397,7 +398,7 @@ def reward(init, out_dir, config=None, progress=True):
     written to out_dir/report.json)."""
     config = config or RewardConfig()
     t0 = time.perf_counter()
-    summary = fit(*prepare(init, config, out_dir), config, out_dir, progress)
+    summary = fit(*prepare(init, config, out_dir, progress), config, out_dir, progress)
     summary.update(wall_seconds=time.perf_counter() - t0, config=asdict(config))
     write_report(out_dir, summary)
     return summary
@@ -409,7 +410,7 @@ def retrain(sft, sampler, tokenizer, earlier, config, out_dir, progress=True):
     reward model from `sft` on all of them. The new rankings show the labelers'
     verdict on what the policy does *now* -- including any way it found to please
     the old reward model that people do not like. Returns (summary, rankings)."""
-    new = collect_rankings(sampler, tokenizer, config, out_dir)
+    new = collect_rankings(sampler, tokenizer, config, out_dir, progress)
     rankings = replace(new, train=list(earlier) + new.train)
     summary = fit(sft, tokenizer, rankings, read_demos(config, tokenizer, sft.config.block_size), config, out_dir, progress)
     write_report(out_dir, {**summary, "earlier_train_prompts": len(earlier), "new_train_prompts": len(new.train)})
@@ -422,7 +423,7 @@ def compare_pairing(init, out_dir, config=None, progress=True):
     held-out accuracy and loss over training in out_dir/pairing.png."""
     config = config or RewardConfig()
     t0 = time.perf_counter()
-    data = prepare(init, config, out_dir)
+    data = prepare(init, config, out_dir, progress)
     runs = {name: fit(*data, replace(config, shuffle_pairs=shuffle), Path(out_dir) / name, progress)
             for name, shuffle in (("grouped", False), ("shuffled", True))}
     plot_pairing(out_dir, runs, data[2].labeler_agreement)
