@@ -15,7 +15,8 @@ import numpy as np
 from minirlhf.errors import MinirlhfError
 
 COLUMNS = ("run", "method", "seed", "RLHF vs SFT", "RLHF vs base", "SFT vs base", "truthful base/SFT/RLHF",
-           "toxic (respectful) base/SFT/RLHF", "gold base/SFT/RLHF", "RM acc", "KL", "minutes")
+           "toxic (respectful) base/SFT/RLHF", "gold base/SFT/RLHF", "RM held-out acc (labelers agree)", "KL",
+           "RLHF minutes", "total minutes")
 
 
 def read_report(run):
@@ -42,6 +43,11 @@ def _triple(by_model, names, fmt):
     return " / ".join(fmt.format(by_model[n]) for n in names)
 
 
+def _rm_accuracy(rm):
+    agree = rm.get("labeler_agreement")
+    return f"{rm['val_accuracy']:.0%}" + ("" if agree is None else f" ({agree:.0%})")
+
+
 def row(run, report):
     ev, rl = report["eval"], _step3(report)
     names = ("base", "sft", rl)
@@ -49,8 +55,9 @@ def row(run, report):
     return [Path(run).name, report["ppo"].get("method", rl), str(report.get("seed", "")),
             *(_win(w) for w in wins),
             _triple(ev["truthfulness"], names, "{:.0%}"), _triple(ev["toxicity"]["respectful"], names, "{:.0%}"),
-            _triple(ev["gold_score"], names, "{:.2f}"), f"{report['reward']['val_accuracy']:.0%}",
-            f"{report['ppo']['kl_final']:.2f}", f"{report['wall_seconds']['total'] / 60:.1f}"]
+            _triple(ev["gold_score"], names, "{:.2f}"), _rm_accuracy(report["reward"]),
+            f"{report['ppo']['kl_final']:.2f}", f"{report['wall_seconds']['ppo'] / 60:.1f}",
+            f"{report['wall_seconds']['total'] / 60:.1f}"]
 
 
 def mean_row(reports):
@@ -67,6 +74,7 @@ def mean_row(reports):
             " / ".join(f"{mean(lambda e, n, i=i: e['gold_score'][n[i]]):.2f}" for i in range(3)),
             f"{np.mean([r['reward']['val_accuracy'] for r in reports]):.0%}",
             f"{np.mean([r['ppo']['kl_final'] for r in reports]):.2f}",
+            f"{np.mean([r['wall_seconds']['ppo'] for r in reports]) / 60:.1f}",
             f"{np.mean([r['wall_seconds']['total'] for r in reports]) / 60:.1f}"]
 
 

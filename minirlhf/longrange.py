@@ -19,7 +19,8 @@ Each activity has a usual verb ("reading" -> "hates", as in the article), and ea
 statement agrees with it with probability `prior` (0.75): in this text, reading is
 mostly hated. The decisive word is the verb of the statement about the person asked
 about, D tokens back (with --n-facts > 1, among statements about other people, before
-or after it). A model that goes by the nearby words (the activity's usual verb) is right when the fact agrees with them and wrong when it does not. So for
+or after it). A model that goes by the nearby words (the activity's usual verb) is
+right when the fact agrees with them and wrong when it does not. So for
 each distance D we report the decisive word's accuracy on the *counter-prior* cases
 (Jacob the avid reader: 0% for a model that follows the nearby word, 50% for a coin)
 and on the cases where the fact agrees with the nearby word.
@@ -30,8 +31,12 @@ trains a GPT and an LSTM with the same parameter budget (the LSTM's hidden size 
 chosen to match), the same batches, steps, learning-rate schedule and seed, to predict
 the decisive word (the filler is random: predicting it teaches nothing, and as 63 of
 every 64 targets it would drown the one that matters; --lm-loss trains on every next
-token instead), reports the wall time of a training step of each, and writes OUT/table.md, OUT/results.json,
-OUT/accuracy_vs_distance.png and each model's OUT/<arch>/metrics.jsonl.
+token instead), reports the wall time of a training step of each, and writes
+OUT/table.md, OUT/results.json, OUT/accuracy_vs_distance.png and each model's
+OUT/<arch>/metrics.jsonl. The LSTM's learning rate is its best of {1e-3, 3e-3, 1e-2}
+(--lstm-lr); with the same budget the GPT solves the task at every distance within a few
+hundred steps, the LSTM gets no further than the usual verb (it catches up after about
+2250 steps at distances up to 64: the gap measured is how much sooner attention finds the fact).
 """
 import argparse
 import json
@@ -170,8 +175,8 @@ class LongRangeConfig:
     lm_loss: bool = False  # train on every next token (mostly random filler), not only on the decisive word
     gpt: dict = field(default_factory=lambda: dict(n_layer=2, n_head=4, n_embd=64))
     lstm_layers: int = 1
-    lstm_lr: float = 0.0  # the LSTM's peak learning rate; 0: the GPT's (train.lr)
-    train: TrainSettings = field(default_factory=lambda: TrainSettings(steps=1500, batch_size=32, lr=3e-3, warmup=100,
+    lstm_lr: float = 1e-3  # the LSTM's peak learning rate (its best of 1e-3, 3e-3, 1e-2); 0: the GPT's (train.lr)
+    train: TrainSettings = field(default_factory=lambda: TrainSettings(steps=1000, batch_size=32, lr=3e-3, warmup=100,
                                                                        min_lr=3e-4, weight_decay=0.0, eval_every=250))
     eval_size: int = 256
     seed: int = 0

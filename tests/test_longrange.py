@@ -143,9 +143,9 @@ def test_tiny_run_writes_table_plot_results_and_is_deterministic(tmp_path, capsy
 
 
 def test_command_line_reruns_the_config(tmp_path):
-    config = tiny_config(lm_loss=True, lstm_lr=1e-3)
+    config = tiny_config(lm_loss=True, lstm_lr=2e-3)
     words = command_line(tmp_path, config).split()
-    assert words[words.index("--lm-loss") + 1].startswith("--") and words[words.index("--lstm-lr") + 1] == "0.001"
+    assert words[words.index("--lm-loss") + 1].startswith("--") and words[words.index("--lstm-lr") + 1] == "0.002"
     assert "--lm-loss" not in command_line(tmp_path, tiny_config())
 
 

@@ -3,9 +3,10 @@ import numpy as np
 import pytest
 
 from minirlhf.toyworld.curation import (
-    article_steps, cap_per_user, contains_pii, curate, drop_duplicates, drop_listed, drop_pii,
+    article_steps, cap_per_user, contains_pii, curate, drop_duplicates, drop_listed, drop_long, drop_pii,
     drop_shared_prefixes,
 )
+from minirlhf.toyworld.generate import estimated_tokens
 from minirlhf.toyworld.prompts import draw_prompt, pii_line, prompt_pool
 from minirlhf.toyworld.world import build_world
 
@@ -71,6 +72,17 @@ def test_pii_detector_on_generated_prompts():
 def test_drop_listed():
     pool = records("a", "b", "c")
     assert drop_listed(pool, {"b", "z"}) == ([pool[0], pool[2]], [pool[1]])
+
+
+def test_drop_long_keeps_exactly_the_prompts_within_the_limit():
+    pool = records("a b", "a b c d", "a b c")
+    assert drop_long(pool, lambda p: len(p.split()), 3) == ([pool[0], pool[2]], [pool[1]])
+
+
+def test_words_the_corpus_never_uses_count_a_token_per_letter():
+    vocabulary = {"jacob", "loves", "reading"}
+    assert estimated_tokens("jacob loves reading.", vocabulary) == 4
+    assert estimated_tokens("jacob loves webapps.", vocabulary) == 2 + len("webapps") + 1
 
 
 def test_curate_logs_every_step_on_a_real_pool():

@@ -67,6 +67,14 @@ def drop_pii(records):
     return kept, removed
 
 
+def drop_long(records, count, max_tokens):
+    """Drop prompts longer than `max_tokens` by `count(prompt)`: they leave no room in
+    the model's context for an answer."""
+    kept = [r for r in records if count(r["prompt"]) <= max_tokens]
+    removed = [r for r in records if count(r["prompt"]) > max_tokens]
+    return kept, removed
+
+
 def drop_listed(records, prompts):
     """Drop prompts that are in `prompts` (e.g. held-out evaluation sets)."""
     kept = [r for r in records if r["prompt"] not in prompts]

@@ -19,7 +19,7 @@ import numpy as np
 from minirlhf.datasets import atomic_write_text, write_jsonl
 from minirlhf.errors import MinirlhfError
 from minirlhf.toyworld.corpus import build_corpus
-from minirlhf.toyworld.curation import article_steps, curate, drop_listed
+from minirlhf.toyworld.curation import article_steps, curate, drop_listed, drop_long
 from minirlhf.toyworld.draws import pick
 from minirlhf.toyworld.labeler import TRAINING_LABELERS, Labeler, judge
 from minirlhf.toyworld.perturb import distinct_responses
@@ -32,8 +32,9 @@ from minirlhf.toyworld.tasks import TASKS
 from minirlhf.toyworld.world import build_world
 
 DEFAULT_SEED = 0
-RAW_PROMPTS = 7400  # ordinary users' prompts before curation
+RAW_PROMPTS = 11000  # ordinary users' prompts before curation
 RANK_K = (4, 9)     # responses per ranking, as InstructGPT's labelers saw them
+MAX_PROMPT_TOKENS = 80  # of the models' 128-token context, leaving 48 for the answer
 # One random stream per part (stream 0 is the world's, 1 the corpus's).
 _POOL, _HARMLESSNESS, _DEMOS, _RANKINGS = 2, 3, 4, 5
 _TOKEN = re.compile(r"[a-z]+|[^a-z ]")
@@ -43,6 +44,13 @@ def rough_tokens(text):
     """Words plus punctuation and newlines: about the token count of a BPE whose
     vocabulary holds every word of the toy world."""
     return len(_TOKEN.findall(text))
+
+
+def estimated_tokens(text, vocabulary):
+    """About the token count of a BPE trained on the corpus: one per word of the
+    corpus's `vocabulary` or mark, one per letter of a word the corpus never uses (a
+    user's app description: the BPE learned no merges for it)."""
+    return sum(len(w) if w.isalpha() and w not in vocabulary else 1 for w in _TOKEN.findall(text))
 
 
 def demonstrations(world, records, rng):
@@ -84,9 +92,15 @@ def build_datasets(seed=DEFAULT_SEED):
     harmlessness = harmlessness_set(world, np.random.default_rng([seed, _HARMLESSNESS]))
     benchmark_prompts = {r["prompt"] for r in truthfulness + harmlessness}
 
+    corpus = build_corpus(world, seed)
+    vocabulary = set(re.findall(r"[a-z]+", corpus))
     pool = prompt_pool(world, RAW_PROMPTS, np.random.default_rng([seed, _POOL]))
-    steps = article_steps() + [("not in an evaluation benchmark",
-                                functools.partial(drop_listed, prompts=benchmark_prompts))]
+    steps = article_steps() + [
+        (f"fits the context (at most {MAX_PROMPT_TOKENS} tokens)",
+         functools.partial(drop_long, count=functools.partial(estimated_tokens, vocabulary=vocabulary),
+                           max_tokens=MAX_PROMPT_TOKENS)),
+        ("not in an evaluation benchmark", functools.partial(drop_listed, prompts=benchmark_prompts)),
+    ]
     curated, log = curate(pool, steps)
     pool_splits = split_pool(curated)
     splits = {**pool_splits, "eval_truthfulness": truthfulness, "eval_harmlessness": harmlessness}
@@ -96,7 +110,7 @@ def build_datasets(seed=DEFAULT_SEED):
 
     files = {
         "world.json": world.to_json(),
-        "corpus.txt": build_corpus(world, seed),
+        "corpus.txt": corpus,
         "sft.jsonl": demonstrations(world, splits["sft"], np.random.default_rng([seed, _DEMOS])),
         "rm_prompts.jsonl": splits["rm"],
         "comparisons.jsonl": rankings(world, splits["rm"],

@@ -20,7 +20,7 @@ from minirlhf.toyworld.draws import sample
 from minirlhf.toyworld.tasks import CONDITIONS, TASKS, Request, build_prompt
 from minirlhf.toyworld.world import RELATIONS
 
-SPLIT_SIZES = {"sft": 2000, "rm": 800, "ppo": 1500, "eval_helpfulness": 200}
+SPLIT_SIZES = {"sft": 2000, "rm": 2400, "ppo": 1500, "eval_helpfulness": 200}
 HARMLESSNESS_STARTS = 60
 
 
