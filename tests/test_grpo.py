@@ -11,12 +11,16 @@ from test_model import perturbed_model
 
 from minirlhf.checkpoint import load_checkpoint, save_gpt
 from minirlhf.cli import main
+from minirlhf.errors import MinirlhfError
 from minirlhf.gradcheck import max_abs_diff, numerical_gradient, rel_error
 from minirlhf.grpo import group_advantages, grpo_loss, k3_kl
 from minirlhf.metrics import read_metrics
 from minirlhf.model import GPT, GPTConfig, ScalarModel
+from minirlhf.optim import AdamW
+from minirlhf.params import FlatParams
 from minirlhf.reward import save_reward_model
 from minirlhf.tokenizer import train_tokenizer
+from minirlhf.train.rollout import checked_step
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 
@@ -184,3 +188,21 @@ def test_the_pipeline_step_3_runs_grpo_against_the_reward_model(models, prompts,
     assert len(read_metrics(run / "grpo" / "metrics.jsonl")) == PRESETS["tiny"].grpo.iterations
     with pytest.raises(MinirlhfError, match="unknown method"):
         Pipeline(run, PRESETS["tiny"], method="reinforce")
+
+
+@pytest.mark.parametrize("loss, bad_grad", [(float("nan"), False), (0.5, True)])
+def test_checked_step_stops_before_a_non_finite_update(loss, bad_grad):
+    """PPO and GRPO share this step: a NaN loss or gradient stops the run, saying where,
+    and leaves the weights as they were (so the last saved checkpoint is still good)."""
+    params = FlatParams({"w": (2, 3), "b": (3,)}, np.float64, np.arange(9.0))
+    grads = params.zeros_like()
+    grads.flat[:] = 0.1
+    if bad_grad:
+        grads["b"][1] = np.inf
+    before = params.flat.copy()
+    with pytest.raises(MinirlhfError, match="GRPO diverged at iteration 7"):
+        checked_step(AdamW(params, lr=0.1), grads, loss, 1.0, "GRPO", 7)
+    np.testing.assert_array_equal(params.flat, before)
+    grads.flat[:] = 0.1
+    checked_step(AdamW(params, lr=0.1), grads, 0.5, 1.0, "GRPO", 7)
+    assert not np.array_equal(params.flat, before)  # a finite step does move the weights

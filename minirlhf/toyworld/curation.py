@@ -59,27 +59,28 @@ def _drop_repeated_keys(records, key_of):
     return kept, removed
 
 
-def drop_pii(records):
-    """Drop every prompt that contains an e-mail address or a phone number."""
+def _drop_where(records, drop):
+    """(kept, removed): the records whose prompt `drop` rejects, and the rest, in order."""
     kept, removed = [], []
     for record in records:
-        (removed if contains_pii(record["prompt"]) else kept).append(record)
+        (removed if drop(record["prompt"]) else kept).append(record)
     return kept, removed
+
+
+def drop_pii(records):
+    """Drop every prompt that contains an e-mail address or a phone number."""
+    return _drop_where(records, contains_pii)
 
 
 def drop_long(records, count, max_tokens):
     """Drop prompts longer than `max_tokens` by `count(prompt)`: they leave no room in
     the model's context for an answer."""
-    kept = [r for r in records if count(r["prompt"]) <= max_tokens]
-    removed = [r for r in records if count(r["prompt"]) > max_tokens]
-    return kept, removed
+    return _drop_where(records, lambda prompt: count(prompt) > max_tokens)
 
 
 def drop_listed(records, prompts):
     """Drop prompts that are in `prompts` (e.g. held-out evaluation sets)."""
-    kept = [r for r in records if r["prompt"] not in prompts]
-    removed = [r for r in records if r["prompt"] in prompts]
-    return kept, removed
+    return _drop_where(records, lambda prompt: prompt in prompts)
 
 
 def curate(records, steps):

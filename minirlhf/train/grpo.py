@@ -27,14 +27,14 @@ import numpy as np
 from minirlhf import grpo
 from minirlhf.checkpoint import load_checkpoint, load_gpt, save_gpt
 from minirlhf.errors import MinirlhfError
-from minirlhf.optim import AdamW, clip_grad_norm
+from minirlhf.optim import AdamW
 from minirlhf.plots import plot_metrics
 from minirlhf.reward import load_reward_model
 from minirlhf.sample import resolve_checkpoint
 from minirlhf.toyworld import World
 from minirlhf.train.loop import restore_rng, rng_state
 from minirlhf.train.ppo import add_config_args, config_from_args, run_iterations
-from minirlhf.train.rollout import read_prompts_that_fit, rollout_metrics, sample_rollout
+from minirlhf.train.rollout import checked_step, read_prompts_that_fit, rollout_metrics, sample_rollout
 
 
 @dataclass
@@ -91,12 +91,7 @@ class GRPOTrainer:
                 loss, dlogp, st = grpo.grpo_loss(logp, roll.logp[mb], roll.ref_logp[mb], advantages[mb], mask[mb],
                                                  cfg.beta, cfg.clip)
                 grads = self.policy.logprobs_backward(dlogp, cache)
-                norm = clip_grad_norm(grads, cfg.grad_clip)
-                if not (np.isfinite(loss) and np.isfinite(norm)):
-                    raise MinirlhfError(
-                        f"GRPO diverged at iteration {self.iterations_done + 1} (loss {loss}, gradient norm {norm}); "
-                        "stopped, the last saved checkpoint is intact. Try a lower --lr or a larger --beta.")
-                self.optimizer.step(grads)
+                checked_step(self.optimizer, grads, loss, cfg.grad_clip, "GRPO", self.iterations_done + 1)
                 for key, value in (("loss", loss), *asdict(st).items()):
                     stats[key].append(value)
         return {k: float(np.mean(v)) for k, v in stats.items()}

@@ -30,7 +30,7 @@ from minirlhf.datasets import load_prompts
 from minirlhf.errors import MinirlhfError
 from minirlhf.metrics import MetricsLog, read_metrics
 from minirlhf.model import ScalarModel
-from minirlhf.optim import AdamW, clip_grad_norm
+from minirlhf.optim import AdamW
 from minirlhf.plots import plot_metrics
 from minirlhf.reward import load_reward_model, scores_forward
 from minirlhf.sample import generate_ids, resolve_checkpoint
@@ -39,7 +39,7 @@ from minirlhf.toyworld import World
 from minirlhf.train.loop import restore_rng, rng_state
 from minirlhf.train.reward import RewardConfig, read_rankings, retrain
 from minirlhf.train.pretrain import read_text, sample_windows
-from minirlhf.train.rollout import mean_gold_score
+from minirlhf.train.rollout import checked_step, mean_gold_score
 
 
 @dataclass
@@ -143,13 +143,7 @@ class PPOTrainer:
         return {k: float(np.mean(v)) for k, v in stats.items() if v}
 
     def _step(self, optimizer, grads, loss):
-        norm = clip_grad_norm(grads, self.config.grad_clip)
-        if not (np.isfinite(loss) and np.isfinite(norm)):
-            raise MinirlhfError(
-                f"PPO diverged at iteration {self.iterations_done + 1} (loss {loss}, gradient norm {norm}); "
-                "stopped, the last saved checkpoint is intact. Try a lower --lr or a larger --beta."
-            )
-        optimizer.step(grads)
+        checked_step(optimizer, grads, loss, self.config.grad_clip, "PPO", self.iterations_done + 1)
 
     def iteration(self):
         roll = self.rollout()

@@ -17,6 +17,7 @@ import numpy as np
 
 from minirlhf.datasets import load_prompts
 from minirlhf.errors import MinirlhfError
+from minirlhf.optim import clip_grad_norm
 from minirlhf.ppo import entropy_from_logits
 from minirlhf.reward import scores_forward
 from minirlhf.sample import generate_ids, response_text
@@ -91,3 +92,15 @@ def read_prompts_that_fit(path, tokenizer, block_size):
                                 "leaves no room for an answer")
         prompts.append(record["prompt"])
     return prompts
+
+
+def checked_step(optimizer, grads, loss, grad_clip, method, iteration):
+    """Clip the gradient and take the optimizer step, unless the loss or the gradient is
+    no longer finite: then stop before the bad update reaches the weights, so the last
+    saved checkpoint stays the last good one."""
+    norm = clip_grad_norm(grads, grad_clip)
+    if not (np.isfinite(loss) and np.isfinite(norm)):
+        raise MinirlhfError(
+            f"{method} diverged at iteration {iteration} (loss {loss}, gradient norm {norm}); "
+            "stopped, the last saved checkpoint is intact. Try a lower --lr or a larger --beta.")
+    optimizer.step(grads)
