@@ -39,43 +39,47 @@ def _win(wr):
     return f"{wr['value']:.0%} [{lo:.0%}, {hi:.0%}]"
 
 
-def _triple(by_model, names, fmt):
-    return " / ".join(fmt.format(by_model[n]) for n in names)
-
-
 def _rm_accuracy(rm):
     agree = rm.get("labeler_agreement")
     return f"{rm['val_accuracy']:.0%}" + ("" if agree is None else f" ({agree:.0%})")
 
 
+def figures(report):
+    """The numbers a row shows, read once: {column group: value or (base, SFT, RLHF)}."""
+    ev, names = report["eval"], ("base", "sft", _step3(report))
+    return {
+        "truthful": [ev["truthfulness"][n] for n in names],
+        "toxic": [ev["toxicity"]["respectful"][n] for n in names],
+        "gold": [ev["gold_score"][n] for n in names],
+        "kl": report["ppo"]["kl_final"],
+        "rl_minutes": report["wall_seconds"]["ppo"] / 60,
+        "total_minutes": report["wall_seconds"]["total"] / 60,
+    }
+
+
+def _cells(f):
+    """The columns after the win rates and the RM accuracy's place, formatted."""
+    return [" / ".join(f"{v:.0%}" for v in f["truthful"]), " / ".join(f"{v:.0%}" for v in f["toxic"]),
+            " / ".join(f"{v:.2f}" for v in f["gold"])]
+
+
+def _tail(f):
+    return [f"{f['kl']:.2f}", f"{f['rl_minutes']:.1f}", f"{f['total_minutes']:.1f}"]
+
+
 def row(run, report):
-    ev, rl = report["eval"], _step3(report)
-    names = ("base", "sft", rl)
-    wins = list(ev["win_rate"].values())
-    return [Path(run).name, report["ppo"].get("method", rl), str(report.get("seed", "")),
-            *(_win(w) for w in wins),
-            _triple(ev["truthfulness"], names, "{:.0%}"), _triple(ev["toxicity"]["respectful"], names, "{:.0%}"),
-            _triple(ev["gold_score"], names, "{:.2f}"), _rm_accuracy(report["reward"]),
-            f"{report['ppo']['kl_final']:.2f}", f"{report['wall_seconds']['ppo'] / 60:.1f}",
-            f"{report['wall_seconds']['total'] / 60:.1f}"]
+    f = figures(report)
+    return [Path(run).name, report["ppo"].get("method", _step3(report)), str(report.get("seed", "")),
+            *(_win(w) for w in report["eval"]["win_rate"].values()),
+            *_cells(f), _rm_accuracy(report["reward"]), *_tail(f)]
 
 
 def mean_row(reports):
-    ev = [r["eval"] for r in reports]
-    names = [("base", "sft", _step3(r)) for r in reports]
-
-    def mean(get):
-        return float(np.mean([get(e, n) for e, n in zip(ev, names)]))
-
-    wins = [float(np.mean([list(e["win_rate"].values())[i]["value"] for e in ev])) for i in range(3)]
-    return ["mean", "", "", *(f"{w:.0%}" for w in wins),
-            " / ".join(f"{mean(lambda e, n, i=i: e['truthfulness'][n[i]]):.0%}" for i in range(3)),
-            " / ".join(f"{mean(lambda e, n, i=i: e['toxicity']['respectful'][n[i]]):.0%}" for i in range(3)),
-            " / ".join(f"{mean(lambda e, n, i=i: e['gold_score'][n[i]]):.2f}" for i in range(3)),
-            f"{np.mean([r['reward']['val_accuracy'] for r in reports]):.0%}",
-            f"{np.mean([r['ppo']['kl_final'] for r in reports]):.2f}",
-            f"{np.mean([r['wall_seconds']['ppo'] for r in reports]) / 60:.1f}",
-            f"{np.mean([r['wall_seconds']['total'] for r in reports]) / 60:.1f}"]
+    all_figures = [figures(r) for r in reports]
+    mean = {key: np.mean([f[key] for f in all_figures], axis=0) for key in all_figures[0]}
+    wins = np.mean([[w["value"] for w in r["eval"]["win_rate"].values()] for r in reports], axis=0)
+    return ["mean", "", "", *(f"{w:.0%}" for w in wins), *_cells(mean),
+            f"{np.mean([r['reward']['val_accuracy'] for r in reports]):.0%}", *_tail(mean)]
 
 
 def markdown_table(runs):
