@@ -152,8 +152,9 @@ class Pipeline:
         summaries = {}
         for i, stage in enumerate(STAGES, start=1):
             done = self.folder(stage) / "summary.json"
-            if resume and done.exists():
-                summaries[stage] = json.loads(done.read_text())
+            earlier = self.finished(stage) if resume else None
+            if earlier is not None:
+                summaries[stage] = earlier
                 self.say(f"[{i}/{len(STAGES)}] {self.folder(stage).name}: finished earlier, skipped")
                 continue
             self.say(f"[{i}/{len(STAGES)}] {self.folder(stage).name}")
@@ -166,6 +167,18 @@ class Pipeline:
         atomic_write_text(self.out / "report.json", json.dumps(report, indent=2) + "\n")
         atomic_write_text(self.out / "report.md", report_markdown(report))
         return report
+
+    def finished(self, stage):
+        """The summary of `stage` if an earlier run finished it for this method, else None.
+        The eval folder is shared by the methods: an evaluation of another method's policy
+        (a run resumed with another --method) is not this run's."""
+        done = self.folder(stage) / "summary.json"
+        if not done.exists():
+            return None
+        summary = json.loads(done.read_text())
+        if stage == "eval" and self.method not in summary["eval"]["settings"]["models"]:
+            return None
+        return summary
 
     def say(self, text):
         if self.progress:

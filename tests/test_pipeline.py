@@ -2,6 +2,7 @@
 keys, PPO raising the reward model's score), and an interrupted run (Ctrl-C mid-PPO)
 that keeps its last checkpoint intact and finishes with --resume."""
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -84,6 +85,18 @@ def test_ppo_raised_the_reward_models_score(interrupted_then_resumed):
     report = json.loads((out / "report.json").read_text())
     assert report["ppo"]["reward_start"] == rewards[0] and report["ppo"]["reward_end"] == rewards[-1]
     assert np.mean(rewards[-2:]) > np.mean(rewards[:2]), rewards
+
+
+def test_resume_with_another_method_evaluates_that_methods_policy(interrupted_then_resumed, tmp_path):
+    """The README's way to compare methods: a finished PPO run, resumed with --method grpo,
+    trains grpo/ and evaluates it instead of keeping the PPO evaluation."""
+    out = tmp_path / "tiny"
+    shutil.copytree(interrupted_then_resumed[0], out)
+    assert main(["pipeline", "--preset", "tiny", "--seed", "0", "--out", str(out), "--method", "grpo", "--resume"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["ppo"]["method"] == "grpo"
+    assert list(report["eval"]["win_rate"]) == ["grpo_vs_sft", "grpo_vs_base", "sft_vs_base"]
+    assert (out / "grpo" / "checkpoint").exists() and (out / "ppo" / "checkpoint").exists()
 
 
 def test_compare_tables_the_runs_report(interrupted_then_resumed, capsys):
