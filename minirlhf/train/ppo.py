@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from minirlhf import ppo
 from minirlhf.checkpoint import load_checkpoint, load_gpt, save_checkpoint, save_gpt
-from minirlhf.datasets import load_prompts
+from minirlhf.datasets import load_corpus, load_prompts
 from minirlhf.errors import MinirlhfError
 from minirlhf.metrics import MetricsLog, read_metrics
 from minirlhf.model import ScalarModel
@@ -38,7 +38,7 @@ from minirlhf.sequences import pack
 from minirlhf.toyworld import World
 from minirlhf.train.loop import restore_rng, rng_state
 from minirlhf.train.reward import RewardConfig, read_rankings, retrain
-from minirlhf.train.pretrain import read_text, sample_windows
+from minirlhf.train.pretrain import sample_windows
 from minirlhf.train.rollout import checked_step, mean_gold_score
 
 
@@ -240,7 +240,7 @@ def run_ppo(policy_path, reward_path, out_dir, config=None, data_dir="data", pro
     if config.ptx_coef > 0:
         if ptx_text is None:
             raise MinirlhfError("--ptx-coef needs --ptx-text (the pretraining text to mix in)")
-        ptx_tokens = np.asarray(tokenizer.encode(read_text(ptx_text)), dtype=np.int64)
+        ptx_tokens = np.asarray(tokenizer.encode(load_corpus(ptx_text)), dtype=np.int64)
     earlier = rankings_of(reward_path) if config.rounds > 1 else None
     reward_config = replace(reward_config or RewardConfig(), data=str(data_dir))
     trainer = PPOTrainer(policy, reference, reward_model, value_model, tokenizer, prompts, config, world, ptx_tokens)

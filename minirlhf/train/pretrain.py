@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from minirlhf.checkpoint import load_checkpoint, save_gpt
+from minirlhf.datasets import load_corpus
 from minirlhf.errors import MinirlhfError
 from minirlhf.lstm import LSTMConfig, LSTMLanguageModel
 from minirlhf.metrics import MetricsLog
@@ -45,24 +46,6 @@ class PretrainConfig:
     val_fraction: float = 0.1
     seed: int = 0
     dtype: str = "float32"
-
-
-def read_text(path):
-    """The training text, or a clear error (missing, empty, not UTF-8)."""
-    path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise MinirlhfError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise MinirlhfError(f"{path}: is a directory, expected a text file") from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise MinirlhfError(f"{path}: not UTF-8 text (invalid byte at offset {e.start})") from None
-    if not text.strip():
-        raise MinirlhfError(f"{path}: the file is empty; there is nothing to learn from")
-    return text
 
 
 def split_tokens(tokens, val_fraction, block_size):
@@ -119,7 +102,7 @@ def pretrain(text_path, out_dir, config=None, resume=False, progress=True):
     config = config or PretrainConfig()
     out_dir = Path(out_dir)
     ckpt_dir = out_dir / "checkpoint"
-    text = read_text(text_path)
+    text = load_corpus(text_path)
     settings = config.train
 
     if resume:

@@ -35,14 +35,14 @@ from pathlib import Path
 import numpy as np
 
 from minirlhf.checkpoint import load_checkpoint, save_gpt
-from minirlhf.datasets import load_sft
+from minirlhf.datasets import load_corpus, load_sft
 from minirlhf.errors import MinirlhfError
 from minirlhf.metrics import MetricsLog
 from minirlhf.plots import plot_metrics
 from minirlhf.sample import resolve_checkpoint
 from minirlhf.sequences import pack
 from minirlhf.train.loop import TrainSettings, add_train_args, rng_state, run_loop, train_settings_from_args
-from minirlhf.train.pretrain import read_text, sample_windows
+from minirlhf.train.pretrain import sample_windows
 
 # SFT's optimisation defaults (the rest are TrainSettings'); steps and eval_every are
 # not among them: they follow from the number of epochs.
@@ -163,7 +163,7 @@ def pretraining_tokens(text_path, tokenizer, block_size):
     """The ptx text as one token array, long enough for a window of the whole context."""
     if text_path is None:
         raise MinirlhfError("--ptx-fraction needs pretraining text: the init checkpoint records none, pass --ptx-text FILE")
-    text = read_text(text_path)
+    text = load_corpus(text_path)
     tokens = np.asarray(_encode(tokenizer, text, text_path, "pretraining text"), dtype=np.int64)
     if len(tokens) < block_size + 2:
         raise MinirlhfError(f"{text_path}: {len(tokens)} tokens, fewer than a window of {block_size} + 2")
