@@ -21,7 +21,9 @@ from minirlhf.reward import (
 )
 from minirlhf.sequences import pack
 from minirlhf.tokenizer import train_tokenizer
-from minirlhf.train.reward import all_pairs, gold_accuracy, training_schedule, whole_rankings
+from minirlhf.train.reward import (
+    all_pairs, best_of_k, gold_accuracy, ranking_scores, training_schedule, whole_rankings,
+)
 from conftest import char_tokenizer, write_jsonl
 from test_model import perturbed_model
 
@@ -154,12 +156,22 @@ def test_gold_accuracy_counts_pairs_with_different_gold_scores():
     cfg = GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=8)
     rm = perturbed_rm(cfg)
     ranked = [([1, 2], [[3], [4, 5], [6]]), ([7], [[8], [9, 9]])]
-    scores = score(rm, [[1, 2]] * 3 + [[7]] * 2, [[3], [4, 5], [6], [8], [9, 9]])
-    gold = [scores[:3], scores[3:]]
-    assert gold_accuracy(rm, ranked, gold) == 1.0
-    assert gold_accuracy(rm, ranked, [-g for g in gold]) == 0.0
-    tied = [np.array([1.0, 1.0, 1.0]), -scores[3:]]  # tied gold scores say nothing: one pair left
-    assert gold_accuracy(rm, ranked, tied) == 0.0
+    scores = ranking_scores(rm, ranked)
+    np.testing.assert_array_equal(np.concatenate(scores), score(rm, [[1, 2]] * 3 + [[7]] * 2, [[3], [4, 5], [6], [8], [9, 9]]))
+    gold = [s.copy() for s in scores]
+    assert gold_accuracy(scores, gold) == 1.0
+    assert gold_accuracy(scores, [-g for g in gold]) == 0.0
+    tied = [np.array([1.0, 1.0, 1.0]), -scores[1]]  # tied gold scores say nothing: one pair left
+    assert gold_accuracy(scores, tied) == 0.0
+
+
+def test_best_of_k_is_the_gold_score_of_the_reward_models_pick():
+    scores = [np.array([0.1, 0.9, 0.5]), np.array([2.0, -1.0])]
+    gold = [np.array([1.0, 0.0, 0.5]), np.array([-0.5, 0.25])]
+    b = best_of_k(scores, gold)
+    assert b["rm_pick"] == pytest.approx((0.0 + -0.5) / 2)  # it picks the worst answer of both
+    assert b["random"] == pytest.approx((0.5 + -0.125) / 2)
+    assert b["best"] == pytest.approx((1.0 + 0.25) / 2)
 
 
 def test_training_schedule_pairs_versus_grouped(rng):
@@ -231,6 +243,8 @@ def test_reward_samples_and_ranks_with_the_labelers_deterministically(sft_ckpt, 
     report = json.loads((a / "report.json").read_text())
     assert 0 <= report["labeler_agreement"] <= 1 and 0 <= report["val_accuracy"] <= 1
     assert 0 <= report["val_gold_accuracy"] <= 1
+    best_of = report["val_best_of_k"]
+    assert -1 <= best_of["random"] <= best_of["best"] <= 1 and best_of["rm_pick"] <= best_of["best"]
     assert (a / "comparisons.jsonl").read_bytes() == (b / "comparisons.jsonl").read_bytes()
     assert (a / "comparisons.jsonl").read_bytes() != (c / "comparisons.jsonl").read_bytes()
     pa, pb = load_checkpoint(a / "checkpoint").params, load_checkpoint(b / "checkpoint").params

@@ -207,22 +207,37 @@ def collect_rankings(sft, tokenizer, config, out_dir, progress=True):
     return Rankings(train, val, ceiling, gold)
 
 
-def gold_accuracy(rm, ranked, gold):
+def ranking_scores(rm, ranked):
+    """The reward model's score of every answer of `ranked` [(prompt ids, [answer ids])]:
+    one array per ranking, in its order."""
+    prompts = [prompt for prompt, responses in ranked for _ in responses]
+    scores = score(rm, prompts, [r for _, responses in ranked for r in responses])
+    return np.split(scores, np.cumsum([len(responses) for _, responses in ranked])[:-1])
+
+
+def gold_accuracy(scores, gold):
     """How often the reward model orders two held-out answers as their gold scores do
     (pairs with different gold scores only): its grasp of the true quality, apart from
     the labelers' noise. The gold score is the quality PPO is meant to raise through
-    the reward model."""
-    prompts = [prompt for prompt, responses in ranked for _ in responses]
-    scores = score(rm, prompts, [r for _, responses in ranked for r in responses])
+    the reward model. scores, gold: one array per ranking (`ranking_scores`)."""
     agree = n = 0.0
-    for (_, responses), g in zip(ranked, gold):
-        s, scores = scores[:len(responses)], scores[len(responses):]
+    for s, g in zip(scores, gold):
         i, j = np.triu_indices(len(g), k=1)
         differ = g[i] != g[j]
         same_sign = np.sign(s[i] - s[j]) == np.sign(g[i] - g[j])
         agree += np.sum(same_sign[differ]) + 0.5 * np.sum((s[i] == s[j])[differ])
         n += np.sum(differ)
     return agree / n if n else None
+
+
+def best_of_k(scores, gold):
+    """Mean gold score of the answer the reward model picks among each held-out prompt's
+    K answers (its highest score), of a random one, and of the best one. The first
+    against the second is what best-of-K sampling -- and so, roughly, PPO -- can gain
+    through this reward model; the third is what a perfect one would gain."""
+    return {"rm_pick": float(np.mean([g[np.argmax(s)] for s, g in zip(scores, gold)])),
+            "random": float(np.mean([g.mean() for g in gold])),
+            "best": float(np.mean([g.max() for g in gold]))}
 
 
 # ----------------------------------------------------------------------------
@@ -360,7 +375,10 @@ def fit(sft, tokenizer, rankings, demos, config, out_dir, progress=True):
     train_seconds = time.perf_counter() - t0
     train_accuracy, train_loss = ranking_metrics(rm, packed_rankings(train_ranked, pad, block))
     val_accuracy, val_loss = ranking_metrics(rm, val_chunks)
-    val_gold_accuracy = gold_accuracy(rm, val_ranked, rankings.val_gold) if rankings.val_gold else None
+    val_gold_accuracy = val_best_of_k = None
+    if rankings.val_gold:
+        val_scores = ranking_scores(rm, val_ranked)
+        val_gold_accuracy, val_best_of_k = gold_accuracy(val_scores, rankings.val_gold), best_of_k(val_scores, rankings.val_gold)
     demo_mean = normalise_bias(rm, tokenizer, *demos)
     normalisation = {"demos": str(config.path("demos", "sft.jsonl")), "n_demos": len(demos[0]),
                      "mean_before": demo_mean}
@@ -373,7 +391,7 @@ def fit(sft, tokenizer, rankings, demos, config, out_dir, progress=True):
         "pairing": "shuffled pairs" if config.shuffle_pairs else "grouped",
         "train_accuracy": train_accuracy, "train_loss": train_loss,
         "val_accuracy": val_accuracy, "val_loss": val_loss, "labeler_agreement": rankings.labeler_agreement,
-        "val_gold_accuracy": val_gold_accuracy,
+        "val_gold_accuracy": val_gold_accuracy, "val_best_of_k": val_best_of_k,
         "train_prompts": len(train_ranked), "val_prompts": len(val_ranked),
         "train_pairs": len(all_pairs(train_ranked)), "val_pairs": len(all_pairs(val_ranked)),
         "steps": settings.steps, "steps_per_epoch": steps_per_epoch, "epochs": settings.steps / steps_per_epoch,
@@ -529,3 +547,7 @@ def print_summary(s):
     print(f"{s['pairing']}: pairwise accuracy train {s['train_accuracy']:.1%} ({s['train_pairs']} pairs), "
           f"held-out {s['val_accuracy']:.1%} ({s['val_pairs']} pairs){agreement}{gold}; "
           f"{s['steps']} steps; demonstrations scored {s['demo_mean_before']:+.3f} before the bias shift")
+    if s.get("val_best_of_k"):
+        b = s["val_best_of_k"]
+        print(f"gold score of the answer it picks among each held-out prompt's K: {b['rm_pick']:.3f} "
+              f"(a random one {b['random']:.3f}, the best one {b['best']:.3f})")
