@@ -736,93 +736,97 @@ def softmax_backward(dout, cache):
 # (`causal=False`, the bidirectional attention of a masked-language model, runs the same
 # code with one query block of all T rows and every row's softmax over all T keys)
 #
-# The four products of attention (scores Q K^T, output P V, and in the backward
+# The products of attention (scores S = Q K^T and output O = P V; in the backward
 # dP = dO V^T, dQ = dS K, dK = dS^T Q, dV = P^T dO) are matrix products of head size D,
 # which BLAS runs at several times the speed of any plain loop. What BLAS cannot do is
 # the causal softmax in between, and the softmax backward: those are the Numba kernels
-# below, one pass over the scores each, in place.
+# below, one pass over a block of weights each, in place.
 #
 # The work is cut two ways:
-# - by sequences: a range of sequences is one item for `_parallel`, and its scores
-#   (n, H, T, T) live in a scratch buffer of at most _SCRATCH_BYTES (or one sequence),
-#   so they stay in the core's cache between the product that writes them and the
-#   kernel that reads them;
 # - causally, by query blocks of _CAUSAL_BLOCK rows: block [r0, r1) only needs keys
 #   0..r1-1, so the products skip most of the upper triangle (5/8 of the work of the
-#   full T x T at T = 4 blocks) instead of computing scores that the mask throws away.
-# Nothing of size (T, T) is kept between forward and backward: the forward keeps each
-# row's logsumexp, and the backward recomputes P = exp(S / sqrt(D) - lse) (flash
-# attention's trade: one more product for O(T) instead of O(T^2) memory).
+#   full T x T at T = 4 blocks) instead of computing scores that the mask throws away;
+# - by sequences: `_parallel` hands each thread ranges of sequences, and a range goes
+#   through the blocks together: each product is one NumPy call for all the range's
+#   heads. (Not a call per head: the Python around each call holds the GIL, which the
+#   other thread is waiting for; at the bench's shape, calls per head made attention
+#   2-3x slower on two cores.)
+#
+# The forward keeps the weights P of the causal blocks for the backward, one array
+# (B, H, r1 - r0, r1) per block: 5/8 of the reference's (B, H, T, T) at T = 4 blocks,
+# 10 MB per layer at B = 8, T = 256, H = 8 (float32). Flash attention's trade, keeping
+# only each row's logsumexp and recomputing P in the backward, costs one more product
+# (Q K^T again) and one more exp per weight: attention was 15-20% slower that way.
+#
+# The backward goes through the blocks from the last. A block's rows of dQ are its own
+# dS K; dK and dV get a share from every block: the last block, which reaches every
+# key, writes its share, each earlier block adds its own to keys 0..r1-1. The sums are
+# kept in contiguous arrays and copied into dqkv at the end: adding into dqkv's strided
+# views made NumPy go through a buffer at every addition (2 ms at the bench shape).
 
 _CAUSAL_BLOCK = 64  # query rows per causal block
-_SCRATCH_BYTES = 1 << 19  # scores of one work item (half the L2 cache of one core)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _causal_softmax_kernel(s, lse, mask, scale, block, causal):
-    """layers.self_attention_forward's mask and softmax, in place, on the scores
-    s (n, H, T, T) of n sequences: row t gets weights P[t, j] = softmax(scale * s[t])
-    over keys j <= t, then times the dropout mask (an empty array for none); keys
-    j in (t, end of t's causal block) get 0 (the products read them), later ones are
-    never read. Writes each row's logsumexp into lse (n, H, T). With causal=False every
-    row's softmax is over all T keys (bidirectional attention) and nothing is zeroed."""
-    n, H, T, _ = s.shape
+def _attention_softmax_kernel(p, r0, mask, dropped, scale, causal):
+    """layers.self_attention_forward's mask and softmax, in place, on one query block of
+    n sequences: p (n, H, R, W) holds the scores Q K^T of queries r0..r0+R-1 against keys
+    0..W-1. Row t becomes the weights P[t, j] = softmax(scale * p[t]) over keys j <= t
+    (all W keys with causal=False), and 0 after t (the products read them). With
+    dropout, mask is the sequences' (n, H, T, T) dropout mask and `dropped` (like p) gets
+    P * M, the weights that reach the output; without, both are empty arrays."""
+    n, H, R, W = p.shape
     use_mask = mask.size > 0
-    one = s.dtype.type(1.0)
+    one = p.dtype.type(1.0)
     for b in range(n):
         for h in range(H):
-            for t in range(T):
-                p = s[b, h, t]
-                e = t + 1 if causal else T  # the keys row t may see: 0..e-1
-                m = p[0]
+            for i in range(R):
+                t = r0 + i
+                row = p[b, h, i]
+                e = t + 1 if causal else W  # the keys row t may see: 0..e-1
+                m = row[0]
                 for j in range(1, e):
-                    m = max(m, p[j])
+                    m = max(m, row[j])
                 for j in range(e):
-                    p[j] = (p[j] - m) * scale
-                _exp_nonpositive(p[:e])
-                total = _sum(p[:e])
-                inv = one / total
+                    row[j] = (row[j] - m) * scale
+                _exp_nonpositive(row[:e])
+                inv = one / _sum(row[:e])
                 for j in range(e):
-                    p[j] *= inv
+                    row[j] *= inv
+                row[e:] = 0.0
                 if use_mask:
-                    for j in range(e):
-                        p[j] *= mask[b, h, t, j]
-                for j in range(e, min(T, (t // block + 1) * block)):
-                    p[j] = 0.0
-                lse[b, h, t] = m * scale + math.log(total)
+                    kept = dropped[b, h, i]
+                    for j in range(W):
+                        kept[j] = row[j] * mask[b, h, t, j]
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _causal_softmax_backward_kernel(s, dp, lse, mask, scale, block, causal):
-    """The softmax part of layers.self_attention_backward, in place, with the weights
-    recomputed from the scores: s (n, H, T, T) holds S = Q K^T, dp holds dP = dO V^T.
-        P = exp(scale * S - lse),   dP *= M,   dS = P (dP - sum_j P dP) * scale
-    (softmax_backward, then the 1/sqrt(D) of the scores). On return dp holds dS and s
-    holds P * M (P without dropout), the weights that reached the output, for dV.
-    Entries above the diagonal inside a causal block are set to 0 in both (causal only)."""
-    n, H, T, _ = s.shape
+def _attention_softmax_backward_kernel(p, dp, r0, mask, dropped, scale, causal):
+    """The softmax part of layers.self_attention_backward, in place, on one query block:
+    p (n, H, R, W) holds the weights P of queries r0.., dp holds dP = dO V^T.
+        dP *= M,   dS = P (dP - sum_j P dP) * scale
+    (softmax_backward, then the 1/sqrt(D) of the scores); dp gets dS, 0 after each row's
+    last key. With dropout, `dropped` gets P * M again (for dV); else mask and dropped
+    are empty arrays."""
+    n, H, R, W = p.shape
     use_mask = mask.size > 0
     for b in range(n):
         for h in range(H):
-            for t in range(T):
-                p, g = s[b, h, t], dp[b, h, t]
-                row_lse = lse[b, h, t]
-                e = t + 1 if causal else T
-                for j in range(e):
-                    p[j] = p[j] * scale - row_lse
-                _exp_nonpositive(p[:e])
+            for i in range(R):
+                t = r0 + i
+                row, g = p[b, h, i], dp[b, h, i]
+                e = t + 1 if causal else W
                 if use_mask:
                     for j in range(e):
                         g[j] *= mask[b, h, t, j]
-                delta = _dot(p[:e], g[:e])
+                delta = _dot(row[:e], g[:e])
                 for j in range(e):
-                    g[j] = p[j] * (g[j] - delta) * scale
+                    g[j] = row[j] * (g[j] - delta) * scale
+                g[e:] = 0.0
                 if use_mask:
-                    for j in range(e):
-                        p[j] *= mask[b, h, t, j]
-                for j in range(e, min(T, (t // block + 1) * block)):
-                    p[j] = 0.0
-                    g[j] = 0.0
+                    kept = dropped[b, h, i]
+                    for j in range(W):
+                        kept[j] = row[j] * mask[b, h, t, j]
 
 
 def _heads(qkv, n_head):
@@ -834,69 +838,54 @@ def _heads(qkv, n_head):
     return q, k, v
 
 
-def _causal_blocks(T, causal):
-    """The causal query blocks [r0, r1) of a length-T sequence; one block of all T rows
-    for bidirectional attention, so the products below become plain full products."""
+def _query_blocks(T, causal):
+    """The query blocks [r0, r1) of a length-T sequence; one block of all T rows for
+    bidirectional attention, so the products below become plain full products."""
     return _blocks(T, _CAUSAL_BLOCK) if causal else [(0, T)]
 
 
-def _causal_matmul_rows(a, b, out, T, causal):
-    """out[.., r0:r1, :] = a[.., r0:r1, :r1] @ b[.., :r1, :] block by block: products whose
-    row t only needs columns/rows 0..t of the shared T axis (P V, dS K)."""
-    for r0, r1 in _causal_blocks(T, causal):
-        np.matmul(a[..., r0:r1, :r1], b[..., :r1, :], out=out[..., r0:r1, :])
-
-
-def _causal_matmul_scores(a, b_t, out, T, causal):
-    """out[.., r0:r1, :r1] = a[.., r0:r1, :] @ b_t[.., :, :r1]: scores-shaped products
-    (Q K^T, dO V^T) computed only where a causal block can be non-zero."""
-    for r0, r1 in _causal_blocks(T, causal):
-        np.matmul(a[..., r0:r1, :], b_t[..., :, :r1], out=out[..., r0:r1, :r1])
-
-
-def _causal_matmul_transposed(p, x, out, T, causal):
-    """out[.., c0:c1, :] = p[.., c0:, c0:c1]^T @ x[.., c0:, :]: the products that sum over
-    queries (dV = P^T dO, dK = dS^T Q), where key j only gets terms from queries t >= j."""
-    for c0, c1 in _causal_blocks(T, causal):
-        np.matmul(np.swapaxes(p[..., c0:, c0:c1], -1, -2), x[..., c0:, :], out=out[..., c0:c1, :])
-
-
-def _attention_items(B, H, T, itemsize):
-    """Sequences per work item: as many as fit the scratch budget (at least one)."""
-    return max(1, min(B, _SCRATCH_BYTES // max(1, H * T * T * itemsize)))
-
-
-def _attention_forward_part(lo, hi, per, qkv, n_head, mask, out, lse, causal):
-    """Forward for items lo..hi-1 (each `per` sequences): S = Q K^T, softmax, O = P V."""
+def _attention_forward_part(lo, hi, qkv, n_head, mask, out, weights, causal):
+    """Forward for sequences lo..hi-1 (all at once: one call per product covers their
+    heads), block by block: S = Q K^T, softmax, O = P V."""
     B, T, _ = qkv.shape
-    q, k, v = _heads(qkv, n_head)
-    o = out.reshape(B, T, n_head, -1).transpose(0, 2, 1, 3)  # (B, H, T, D) view of out
+    q, k, v = (a[lo:hi] for a in _heads(qkv, n_head))
+    o = out[lo:hi].reshape(hi - lo, T, n_head, -1).transpose(0, 2, 1, 3)  # (n, H, T, D) view of out
+    k_t = k.swapaxes(-1, -2)  # (n, H, D, T)
+    mask = mask[lo:hi]
     scale = qkv.dtype.type(1.0 / math.sqrt(q.shape[-1]))
-    for item in range(lo, hi):
-        b0, b1 = item * per, min(B, (item + 1) * per)
-        s = np.empty((b1 - b0, n_head, T, T), qkv.dtype)
-        _causal_matmul_scores(q[b0:b1], np.swapaxes(k[b0:b1], -1, -2), s, T, causal)
-        _causal_softmax_kernel(s, lse[b0:b1], mask[b0:b1], scale, _CAUSAL_BLOCK, causal)
-        _causal_matmul_rows(s, v[b0:b1], o[b0:b1], T, causal)
+    for (r0, r1), w in zip(_query_blocks(T, causal), weights):
+        p = w[lo:hi]  # (n, H, r1 - r0, r1)
+        np.matmul(q[..., r0:r1, :], k_t[..., :r1], out=p)
+        dropped = np.empty_like(p) if mask.size else mask  # P * M (without dropout: empty, like mask)
+        _attention_softmax_kernel(p, r0, mask, dropped, scale, causal)
+        np.matmul(dropped if mask.size else p, v[..., :r1, :], out=o[..., r0:r1, :])
 
 
-def _attention_backward_part(lo, hi, per, dout, qkv, lse, n_head, mask, dqkv, causal):
-    """Backward for items lo..hi-1: recompute P, then dV, dS, dQ, dK."""
+def _attention_backward_part(lo, hi, dout, qkv, weights, n_head, mask, dqkv, causal):
+    """Backward for sequences lo..hi-1, block by block from the last: dP, dS, then dQ
+    of the block's rows and its shares of dK and dV."""
     B, T, _ = qkv.shape
-    q, k, v = _heads(qkv, n_head)
-    dq, dk, dv = _heads(dqkv, n_head)
-    do = dout.reshape(B, T, n_head, -1).transpose(0, 2, 1, 3)
+    q, k, v = (a[lo:hi] for a in _heads(qkv, n_head))
+    dq, dk, dv = (a[lo:hi] for a in _heads(dqkv, n_head))
+    do = dout[lo:hi].reshape(hi - lo, T, n_head, -1).transpose(0, 2, 1, 3)
+    v_t = v.swapaxes(-1, -2)  # (n, H, D, T)
+    mask = mask[lo:hi]
     scale = qkv.dtype.type(1.0 / math.sqrt(q.shape[-1]))
-    for item in range(lo, hi):
-        b0, b1 = item * per, min(B, (item + 1) * per)
-        s = np.empty((b1 - b0, n_head, T, T), qkv.dtype)
-        dp = np.empty_like(s)
-        _causal_matmul_scores(q[b0:b1], np.swapaxes(k[b0:b1], -1, -2), s, T, causal)
-        _causal_matmul_scores(do[b0:b1], np.swapaxes(v[b0:b1], -1, -2), dp, T, causal)
-        _causal_softmax_backward_kernel(s, dp, lse[b0:b1], mask[b0:b1], scale, _CAUSAL_BLOCK, causal)
-        _causal_matmul_transposed(s, do[b0:b1], dv[b0:b1], T, causal)
-        _causal_matmul_rows(dp, k[b0:b1], dq[b0:b1], T, causal)
-        _causal_matmul_transposed(dp, q[b0:b1], dk[b0:b1], T, causal)
+    dv_sum, dk_sum, share = (np.empty(dq.shape, qkv.dtype) for _ in range(3))  # (n, H, T, D) each
+    for (r0, r1), w in reversed(list(zip(_query_blocks(T, causal), weights))):
+        p = w[lo:hi]
+        ds = np.empty_like(p)
+        np.matmul(do[..., r0:r1, :], v_t[..., :r1], out=ds)  # dP
+        dropped = np.empty_like(p) if mask.size else mask  # P * M (without dropout: empty, like mask)
+        _attention_softmax_backward_kernel(p, ds, r0, mask, dropped, scale, causal)
+        np.matmul(ds, k[..., :r1, :], out=dq[..., r0:r1, :])
+        for total, left, right in ((dv_sum, dropped if mask.size else p, do), (dk_sum, ds, q)):
+            # keys 0..r1-1 get this block's share: dV += (P M)^T dO, dK += dS^T Q
+            product = total if r1 == T else share[..., :r1, :]
+            np.matmul(left.swapaxes(-1, -2), right[..., r0:r1, :], out=product)
+            if r1 < T:
+                total[..., :r1, :] += product
+    dv[...], dk[...] = dv_sum, dk_sum
 
 
 def attention_forward(qkv, n_head, dropout=0.0, rng=None, causal=True):
@@ -905,7 +894,8 @@ def attention_forward(qkv, n_head, dropout=0.0, rng=None, causal=True):
 
     The dropout mask is drawn by layers.dropout_mask with the reference's shape and
     generator, so both backends drop the same weights for the same rng. The cache holds
-    qkv, the (B, H, T) logsumexps, the mask (if any) and whether it was causal."""
+    qkv, the weights of each query block, (B, H, r1 - r0, r1), the mask (if any) and
+    whether it was causal."""
     qkv = _as_float(qkv)
     if qkv.ndim != 3 or n_head < 1 or qkv.shape[-1] % (3 * n_head):
         raise MinirlhfError(f"attention: qkv must be (B, T, 3C) with C divisible by n_head={n_head}, got {qkv.shape}")
@@ -913,25 +903,22 @@ def attention_forward(qkv, n_head, dropout=0.0, rng=None, causal=True):
     mask = dropout_mask((B, n_head, T, T), dropout, rng, qkv.dtype)
     mask = np.empty((B, 0, 0, 0), qkv.dtype) if mask is None else mask
     out = np.empty((B, T, C3 // 3), qkv.dtype)
-    lse = np.empty((B, n_head, T), qkv.dtype)
+    weights = [np.empty((B, n_head, r1 - r0, r1), qkv.dtype) for r0, r1 in _query_blocks(T, causal)]
     if T:
-        per = _attention_items(B, n_head, T, qkv.itemsize)
-        _parallel(_attention_forward_part, -(-B // per), B * T * T * C3 // 3, per, qkv, n_head, mask, out, lse,
-                  bool(causal), coarse=True)
-    return out, (qkv, lse, mask, n_head, bool(causal))
+        _parallel(_attention_forward_part, B, B * T * T * C3 // 3, qkv, n_head, mask, out, weights, bool(causal))
+    return out, (qkv, weights, mask, n_head, bool(causal))
 
 
 def attention_backward(dout, cache):
     """See layers.attention_backward. dout (B, T, C) -> dqkv (B, T, 3C)."""
-    qkv, lse, mask, n_head, causal = cache
+    qkv, weights, mask, n_head, causal = cache
     B, T, C3 = qkv.shape
     dout = _check_dout(dout, (B, T, C3 // 3), qkv.dtype, "attention")
     dqkv = np.empty_like(qkv)
     if T:
-        per = _attention_items(B, n_head, T, qkv.itemsize)
-        _parallel(_attention_backward_part, -(-B // per), 3 * B * T * T * C3 // 3, per, dout, qkv, lse, n_head, mask,
-                  dqkv, causal, coarse=True)
+        _parallel(_attention_backward_part, B, 3 * B * T * T * C3 // 3, dout, qkv, weights, n_head, mask, dqkv, causal)
     return dqkv
+
 
 # ----------------------------------------------------------------------------
 # AdamW, fused: one pass over the flat parameter buffer instead of eight

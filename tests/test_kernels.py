@@ -248,20 +248,40 @@ def test_attention(rng, dtype, B, T, C, H):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("causal", [True, False])
 @pytest.mark.parametrize("dropout", [0.0, 0.25])
-def test_attention_many_causal_blocks_and_items(rng, dtype, dropout, monkeypatch):
-    """Small causal blocks and a small scratch budget: a sequence spans many blocks (the
-    last one partial) and the batch many work items, as base's T = 256 does."""
+def test_attention_many_blocks_and_parts(rng, dtype, causal, dropout, monkeypatch):
+    """Small causal blocks and every call split between threads: a sequence spans many
+    query blocks (the last one partial, T not a multiple of the block), as base's
+    T = 256 does, and the batch is cut into parts of one or two sequences. Causal and
+    bidirectional (the masked LM's), with and without dropout, against the reference."""
     monkeypatch.setattr(kernels, "_CAUSAL_BLOCK", 8)
-    monkeypatch.setattr(kernels, "_SCRATCH_BYTES", 1)  # one sequence per item
-    B, T, C, H = 3, 45, 12, 3
+    monkeypatch.setattr(kernels, "_MIN_PARALLEL_WORK", 0)
+    monkeypatch.setattr(kernels, "THREADS", 2)  # 8 parts for 11 sequences
+    B, T, C, H = 11, 45, 12, 3
     qkv = (rng.standard_normal((B, T, 3 * C)) * 1.3).astype(dtype)
-    out_k, cache_k = kernels.attention_forward(qkv, H, dropout, np.random.default_rng(4))
-    out_l, cache_l = layers.attention_forward(qkv, H, dropout, np.random.default_rng(4))
-    assert_agree(out_k, out_l, dtype, "attention forward, many blocks")
+    out_k, cache_k = kernels.attention_forward(qkv, H, dropout, np.random.default_rng(4), causal=causal)
+    out_l, cache_l = layers.attention_forward(qkv, H, dropout, np.random.default_rng(4), causal=causal)
+    assert_agree(out_k, out_l, dtype, f"attention forward, many blocks, causal={causal}")
     dout = rng.standard_normal(out_l.shape).astype(dtype)
     assert_agree(kernels.attention_backward(dout, cache_k), layers.attention_backward(dout, cache_l), dtype,
-                 "attention backward, many blocks")
+                 f"attention backward, many blocks, causal={causal}")
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_attention_keeps_the_reference_weights_of_its_blocks_only(rng, causal, monkeypatch):
+    """The forward keeps the softmax weights for the backward, as the reference does, but
+    only the query blocks' keys 0..r1-1: for block [r0, r1) the reference's weights
+    P[:, :, r0:r1, :r1] (0 above the diagonal), not the masked rest of the T x T."""
+    monkeypatch.setattr(kernels, "_CAUSAL_BLOCK", 8)
+    B, T, C, H = 2, 21, 12, 3
+    qkv = rng.standard_normal((B, T, 3 * C))
+    _, (_, blocks, *_) = kernels.attention_forward(qkv, H, causal=causal)
+    _, ((_, _, _, weights, _), _) = layers.attention_forward(qkv, H, causal=causal)
+    spans = [(0, 8), (8, 16), (16, 21)] if causal else [(0, T)]
+    assert [w.shape for w in blocks] == [(B, H, r1 - r0, r1) for r0, r1 in spans]
+    for (r0, r1), w in zip(spans, blocks):
+        np.testing.assert_allclose(w, weights[:, :, r0:r1, :r1], rtol=1e-12)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
