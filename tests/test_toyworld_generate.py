@@ -8,7 +8,7 @@ import pytest
 from minirlhf.datasets import load_comparisons, load_corpus, load_prompts, load_sft, read_jsonl
 from minirlhf.errors import MinirlhfError
 from minirlhf.toyworld.curation import MAX_PER_USER, contains_pii
-from minirlhf.toyworld.generate import add_parser, rough_tokens, write_datasets
+from minirlhf.toyworld.generate import add_parser, estimated_tokens, write_datasets
 from minirlhf.toyworld.labeler import ASPECTS, GOLD_WEIGHTS, TERSE_RATE, judge
 from minirlhf.toyworld.splits import HARMLESSNESS_STARTS, SPLIT_SIZES
 from minirlhf.toyworld.tasks import CONDITIONS, TASKS
@@ -97,14 +97,14 @@ def test_demonstrations_are_correct_often_terse_and_short(generated):
         assert verdict.score == pytest.approx(1.0 - GOLD_WEIGHTS[ASPECTS.index("terse")] * verdict.terse)
         terse[TASKS[demo["task"]].can_be_terse].append(verdict.terse > 0)
         assert demo["response"].startswith(" ") and "\n" not in demo["response"]
-        assert rough_tokens(demo["prompt"] + demo["response"]) <= 100
+        assert estimated_tokens(demo["prompt"] + demo["response"]) <= 100
     assert not any(terse[False])
     assert abs(sum(terse[True]) / len(terse[True]) - TERSE_RATE) < 0.05  # ~1200 demos
     readme = (folder / "README.md").read_text()
     assert f"{sum(terse[True])} of the {len(terse[True])} such demonstrations" in readme
     for name in PROMPT_FILES[1:]:
         for record in load_prompts(folder / name):
-            assert rough_tokens(record["prompt"]) <= 80
+            assert estimated_tokens(record["prompt"]) <= 80
     assert 1_000_000 < len(load_corpus(folder / "corpus.txt").encode()) < 2_000_000
 
 

@@ -40,17 +40,13 @@ _POOL, _HARMLESSNESS, _DEMOS, _RANKINGS = 2, 3, 4, 5
 _TOKEN = re.compile(r"[a-z]+|[^a-z ]")
 
 
-def rough_tokens(text):
-    """Words plus punctuation and newlines: about the token count of a BPE whose
-    vocabulary holds every word of the toy world."""
-    return len(_TOKEN.findall(text))
-
-
-def estimated_tokens(text, vocabulary):
+def estimated_tokens(text, vocabulary=None):
     """About the token count of a BPE trained on the corpus: one per word of the
     corpus's `vocabulary` or mark, one per letter of a word the corpus never uses (a
-    user's app description: the BPE learned no merges for it)."""
-    return sum(len(w) if w.isalpha() and w not in vocabulary else 1 for w in _TOKEN.findall(text))
+    user's app description: the BPE learned no merges for it). Without a vocabulary,
+    every word counts as one token."""
+    return sum(len(w) if vocabulary is not None and w.isalpha() and w not in vocabulary else 1
+               for w in _TOKEN.findall(text))
 
 
 def demonstrations(world, records, rng):
@@ -131,7 +127,7 @@ def build_datasets(seed=DEFAULT_SEED):
 
 
 def _summary(world, files, curation_log):
-    lengths = [rough_tokens(d["prompt"] + d["response"]) for d in files["sft.jsonl"]]
+    lengths = [estimated_tokens(d["prompt"] + d["response"]) for d in files["sft.jsonl"]]
     corpus = files["corpus.txt"]
     return {
         "seed": world.seed,
