@@ -22,7 +22,7 @@ from minirlhf.reward import (
 from minirlhf.sequences import pack
 from minirlhf.tokenizer import train_tokenizer
 from minirlhf.train.reward import (
-    all_pairs, best_of_k, gold_accuracy, ranking_scores, training_schedule, whole_rankings,
+    all_pairs, best_of_k, gold_accuracy, pack_groups, ranking_scores, training_schedule, whole_rankings,
 )
 from conftest import char_tokenizer, write_jsonl
 from test_model import perturbed_model
@@ -121,6 +121,32 @@ def test_rm_loss_gradient_through_trunk_and_head(rng):
     assert rel_error(grads.flat, numeric) < 1e-6, max_abs_diff(grads.flat, numeric)
     assert np.abs(grads["head.bias"]).max() < 1e-12  # a shared shift cancels in every difference
     np.testing.assert_allclose(scores, rm.scores(batch.idx, batch.last))
+
+
+def test_a_repeated_response_is_scored_once_with_the_same_loss_and_gradient():
+    cfg = GPTConfig(vocab_size=7, block_size=7, n_layer=1, n_head=2, n_embd=4)
+    rm = perturbed_rm(cfg)
+    # prompt 0's sample [3] came three times (ranked 2nd, 3rd and 5th); prompt 1's [3] is another prompt's
+    ranked = [([1, 2], [[6, 0], [3], [3], [5, 6, 1], [3]]), ([4, 5], [[3], [2, 2]])]
+    schedule = whole_rankings(ranked) + [[(0, 3), (0, 2)]]  # a pair too, as with shuffled pairs
+    batch, groups = pack_groups(ranked, schedule, pad_id=0, block_size=cfg.block_size)
+    assert len(batch.idx) == 5  # [6, 0], [3], [5, 6, 1] to prompt 0; [3], [2, 2] to prompt 1
+    [first, second, pair] = groups
+    assert first.tolist() == [0, 1, 1, 2, 1] and second.tolist() == [3, 4] and pair.tolist() == [2, 1]
+
+    keys = [key for group in schedule for key in group]  # every response packed once per appearance
+    full = pack([ranked[c][0] for c, _ in keys], [ranked[c][1][i] for c, i in keys], 0, cfg.block_size)
+    full_groups = np.split(np.arange(len(keys)), np.cumsum([len(g) for g in schedule])[:-1])
+
+    def loss_and_grads(b, gs):
+        scores, cache = scores_forward(rm, b)
+        loss, dscores = grouped_ranking_loss(scores, gs)
+        return loss, scores_backward(rm, dscores, cache).flat
+
+    loss, grads = loss_and_grads(batch, groups)
+    full_loss, full_grads = loss_and_grads(full, full_groups)
+    assert loss == pytest.approx(full_loss, rel=1e-12)
+    np.testing.assert_allclose(grads, full_grads, rtol=1e-9, atol=1e-14)
 
 
 def test_score_is_read_at_the_last_token_whatever_the_padding_and_batching(rng):

@@ -275,12 +275,17 @@ def all_pairs(ranked):
 
 
 def pack_groups(ranked, groups, pad_id, block_size):
-    """Groups of (prompt, response) keys -> (Batch, groups as row-index arrays). A
-    response in several groups (shuffled pairs) is packed and scored once."""
+    """Groups of (prompt, response) keys -> (Batch, groups as row-index arrays).
+
+    Each distinct response to a prompt is packed and scored once, however many groups
+    (shuffled pairs) or ranks it fills: a third of the SFT model's samples repeat another
+    sample to the same prompt ("loves skating." six times), and their scores are equal
+    anyway. The gradients of a shared row add up, as for a shared weight."""
     rows = {}
-    index_groups = [np.array([rows.setdefault(key, len(rows)) for key in group]) for group in groups]
+    index_groups = [np.array([rows.setdefault((c, tuple(ranked[c][1][i])), len(rows)) for c, i in group])
+                    for group in groups]
     prompts = [ranked[c][0] for c, _ in rows]
-    responses = [ranked[c][1][i] for c, i in rows]
+    responses = [list(response) for _, response in rows]
     return pack(prompts, responses, pad_id, block_size), index_groups
 
 
