@@ -24,6 +24,10 @@ gold score 1), shows how far each model still has to go.
 writes report.json (the numbers), report.md (the tables a teacher projects), one PNG
 per measure, samples.jsonl (every answer with its judgement) and, for a PPO run
 directory, the reward over-optimisation picture.
+
+`--best-of sft:8 --reward runs/reward` adds two rows: the best of 8 SFT samples by the
+reward model (RLHF without the RL) and by the gold score (what a perfect reward model
+would pick) -- how much room the SFT model's own samples leave for RLHF.
 """
 import argparse
 import json
@@ -39,7 +43,8 @@ from minirlhf.checkpoint import load_gpt
 from minirlhf.datasets import atomic_write_text, load_prompts, write_jsonl
 from minirlhf.errors import MinirlhfError
 from minirlhf.sample import complete, resolve_checkpoint
-from minirlhf.toyworld.labeler import HELD_OUT_LABELER, Labeler, judge
+from minirlhf.reward import load_reward_model, score_texts
+from minirlhf.toyworld.labeler import HELD_OUT_LABELER, Labeler, gold_score, judge
 from minirlhf.toyworld.tasks import CONDITIONS, TASKS, parse_prompt, sentences
 from minirlhf.toyworld.world import World, parse_claim
 
@@ -150,6 +155,34 @@ def model_responder(model, tokenizer, max_new_tokens=MAX_NEW_TOKENS, temperature
         return answers
 
     return respond
+
+
+def best_of_responder(respond, k, rate):
+    """Best-of-k (rejection sampling): a responder that samples k answers per prompt
+    with `respond` and keeps the one `rate(prompts, answers) -> scores` rates highest.
+
+    Rated by the reward model it is RLHF without the RL (WebGPT's best-of-n, the
+    x-axis of Gao et al.'s over-optimisation plots); rated by the gold score it is
+    what a perfect reward model would pick from the same samples -- how much better
+    than the model itself its own samples allow, with no new skill learned."""
+    def respond_best(prompts, rng):
+        repeated = [p for p in prompts for _ in range(k)]
+        answers = respond(repeated, rng)  # k in a row for each prompt
+        scores = np.asarray(rate(repeated, answers), dtype=float).reshape(len(prompts), k)
+        return [answers[i * k + j] for i, j in enumerate(scores.argmax(axis=1))]
+
+    return respond_best
+
+
+def reward_rater(rm, tokenizer):
+    """rate(prompts, answers) by a reward model's score (for `best_of_responder`)."""
+    return lambda prompts, answers: score_texts(rm, tokenizer, prompts, [t for t, _ in answers],
+                                                [f for _, f in answers])
+
+
+def gold_rater(world):
+    """rate(prompts, answers) by the toy world's noiseless gold score."""
+    return lambda prompts, answers: [gold_score(world, p, t, f) for p, (t, f) in zip(prompts, answers)]
 
 
 def demonstration_responder(world, labeler_id=HELD_OUT_LABELER):
@@ -459,6 +492,32 @@ def load_models(paths):
     return models
 
 
+def parse_best_of(spec, names):
+    """"sft:8" -> ("sft", 8), checked against the --models names."""
+    name, sep, k = spec.partition(":")
+    if not sep or not k.isdigit() or int(k) < 2:
+        raise MinirlhfError(f"--best-of: {spec!r} is not NAME:K with K >= 2 (e.g. sft:8)")
+    if name not in names:
+        raise MinirlhfError(f"--best-of: no model {name!r} in --models ({', '.join(names)})")
+    return name, int(k)
+
+
+def best_of_models(spec, models, reward_path, world, args):
+    """The --best-of rows: {"sft-best8-rm": respond, "sft-best8-gold": respond} (the
+    reward model's row only with --reward)."""
+    name, k = parse_best_of(spec, list(models))
+    model, tokenizer = models[name]
+    respond = model_responder(model, tokenizer, args.max_new_tokens, args.temperature, args.batch_size,
+                              desc=f"eval {name} x{k}")
+    raters = {}
+    if reward_path is not None:
+        if not Path(reward_path).is_dir():
+            raise MinirlhfError(f"--reward: {reward_path}: no such directory")
+        raters["rm"] = reward_rater(load_reward_model(resolve_checkpoint(reward_path), tokenizer)[0], tokenizer)
+    raters["gold"] = gold_rater(world)
+    return {f"{name}-best{k}-{by}": best_of_responder(respond, k, rate) for by, rate in raters.items()}
+
+
 def find_metrics(path):
     """The metrics.jsonl of the run a model came from (DIR or its parent), or None."""
     for folder in (Path(path), Path(path).parent):
@@ -474,8 +533,8 @@ def add_parser(subparsers):
         description="Evaluate models on the held-out sets, judged by a held-out labeler: helpfulness win "
         "rates between every pair (with 95% Wilson intervals), the share of truthful answers (and of "
         "stated falsehoods and rumours), the toxicity rate when asked to be respectful / given no instruction / asked "
-        "to be toxic, and the mean gold score. Writes OUT/report.json, OUT/report.md, plots and "
-        "OUT/samples.jsonl.",
+        "to be toxic, and the mean gold score; with --best-of, also best-of-K sampling by the reward model and "
+        "by the gold score. Writes OUT/report.json, OUT/report.md, plots and OUT/samples.jsonl.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--models", required=True,
@@ -488,6 +547,11 @@ def add_parser(subparsers):
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (PPO samples at 1)")
     p.add_argument("--max-new-tokens", type=int, default=MAX_NEW_TOKENS, help="answers longer than this are cut off")
     p.add_argument("--batch-size", type=int, default=256, help="prompts generated together")
+    p.add_argument("--best-of", metavar="NAME:K",
+                   help="also evaluate best-of-K of model NAME (e.g. sft:8): K samples per prompt, the one the "
+                   "gold score rates highest (a perfect reward model's pick) and, with --reward, the one the "
+                   "reward model rates highest")
+    p.add_argument("--reward", type=Path, help="reward model (checkpoint or run directory) for --best-of")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=run)
 
@@ -496,6 +560,10 @@ def run(args):
     paths = parse_models(args.models)
     world, sets = load_eval_sets(args.data)
     models = load_models(paths)
+    if args.reward is not None and args.best_of is None:
+        raise MinirlhfError("--reward is for --best-of: give both")
+    if args.best_of is not None:
+        models.update(best_of_models(args.best_of, models, args.reward, world, args))
     t0 = time.perf_counter()
     samples = []
     result = evaluate_models(models, world, sets, np.random.default_rng(args.seed), args.labeler, args.temperature,

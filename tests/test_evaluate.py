@@ -15,10 +15,12 @@ from minirlhf.datasets import load_prompts, write_jsonl
 from minirlhf.errors import MinirlhfError
 from minirlhf.eval_plots import plot_overoptimization
 from minirlhf.evaluate import (
-    EVAL_FILES, demonstration_responder, evaluate_models, load_eval_sets, model_responder, wilson_interval,
-    write_report,
+    EVAL_FILES, best_of_responder, demonstration_responder, evaluate_models, gold_rater, load_eval_sets,
+    model_responder, wilson_interval, write_report,
 )
-from minirlhf.model import GPT, GPTConfig
+from minirlhf.model import GPT, GPTConfig, ScalarModel
+from minirlhf.reward import save_reward_model
+from minirlhf.toyworld.labeler import gold_score
 from minirlhf.tokenizer import CharTokenizer
 from minirlhf.toyworld.perturb import sample_response
 from minirlhf.toyworld.voices import CHATTER, INSULT_REPLIES
@@ -161,6 +163,32 @@ def test_samples_record_every_answer(toy, rng):
     assert all(s["gold_score"] == 1.0 for s in samples if s["model"] == "demonstrations")
 
 
+def test_best_of_keeps_each_prompts_highest_rated_sample_in_order():
+    calls = []
+
+    def respond(prompts, rng):  # answer i of a call is "<prompt>-<i>"
+        calls.append(list(prompts))
+        return [(f"{p}-{i}", i % 2 == 0) for i, p in enumerate(prompts)]
+
+    ratings = {"a-0": 1.0, "a-1": 3.0, "a-2": 2.0, "b-3": 0.5, "b-4": -1.0, "b-5": 0.0}
+    best = best_of_responder(respond, 3, lambda prompts, answers: [ratings[t] for t, _ in answers])
+    assert best(["a", "b"], None) == [("a-1", False), ("b-3", False)]
+    assert calls == [["a", "a", "a", "b", "b", "b"]]  # one batched call, k in a row per prompt
+
+
+def test_best_of_by_gold_picks_the_best_of_the_very_same_samples(toy):
+    world, sets = toy
+    prompts = [r["prompt"] for r in sets["helpfulness"]]
+    respond, k = sampled(world), 4
+    best = best_of_responder(respond, k, gold_rater(world))(prompts, np.random.default_rng(5))
+    candidates = respond([p for p in prompts for _ in range(k)], np.random.default_rng(5))
+    for i, (p, (text, finished)) in enumerate(zip(prompts, best)):
+        golds = [gold_score(world, p, t, f) for t, f in candidates[i * k:(i + 1) * k]]
+        assert gold_score(world, p, text, finished) == max(golds)
+    assert np.mean([gold_score(world, p, *a) for p, a in zip(prompts, best)]) > \
+        np.mean([gold_score(world, p, *a) for p, a in zip(prompts, candidates[::k])])
+
+
 def test_a_prompt_longer_than_the_context_names_the_model(toy, rng):
     world, sets = toy
     tokenizer = CharTokenizer.train("".join(r["prompt"] for rs in sets.values() for r in rs))
@@ -222,8 +250,9 @@ def test_no_overoptimization_plot_without_ppo_metrics(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_setup(tmp_path_factory):
-    """A small data folder (short prompts) and two tiny random models: one saved as a
-    run directory (checkpoint/ and a PPO metrics.jsonl), one as a bare checkpoint."""
+    """A small data folder (short prompts), two tiny random models -- one saved as a
+    run directory (checkpoint/ and a PPO metrics.jsonl), one as a bare checkpoint --
+    and a tiny random reward model."""
     root = tmp_path_factory.mktemp("eval")
     data = root / "data"
     data.mkdir()
@@ -239,6 +268,7 @@ def tiny_setup(tmp_path_factory):
     config = GPTConfig(vocab_size=tokenizer.vocab_size, block_size=128, n_layer=1, n_head=2, n_embd=16)
     save_gpt(root / "base", GPT(config, seed=0), tokenizer)
     save_gpt(root / "ppo" / "checkpoint", GPT(config, seed=1), tokenizer)
+    save_reward_model(root / "rm", ScalarModel.from_gpt(GPT(config, seed=2)), tokenizer, {})
     write_jsonl(root / "ppo" / "metrics.jsonl",
                 [{"step": i, "rm_reward": 0.2 * i, "gold_score": 0.1 * i, "kl": 0.5 * i} for i in range(4)])
     return root
@@ -267,6 +297,30 @@ def test_cli_end_to_end(tiny_setup, tmp_path, capsys):
     first["settings"].pop("wall_seconds"), second["settings"].pop("wall_seconds")
     assert first == second
     assert (out / "samples.jsonl").read_text() == (again / "samples.jsonl").read_text()
+
+
+def test_cli_best_of_adds_the_reward_models_and_the_gold_pick(tiny_setup, tmp_path, capsys):
+    root, out = tiny_setup, tmp_path / "report"
+    assert main(eval_args(root, out, "--best-of", "ppo:3", "--reward", str(root / "rm"))) == 0
+    report = json.loads((out / "report.json").read_text())["eval"]
+    assert report["settings"]["models"] == ["base", "ppo", "ppo-best3-rm", "ppo-best3-gold"]
+    assert {"ppo-best3-gold_vs_ppo", "ppo-best3-rm_vs_ppo", "ppo-best3-gold_vs_ppo-best3-rm"} <= set(report["win_rate"])
+    assert "| ppo-best3-gold vs ppo |" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--best-of", "ppo"], "--best-of: 'ppo' is not NAME:K with K >= 2"),
+    (["--best-of", "ppo:1"], "--best-of: 'ppo:1' is not NAME:K"),
+    (["--best-of", "sft:4"], r"--best-of: no model 'sft' in --models \(base, ppo\)"),
+    (["--reward", "{root}/rm"], "--reward is for --best-of"),
+    (["--best-of", "ppo:2", "--reward", "{root}/nowhere"], "--reward: .*nowhere: no such directory"),
+])
+def test_cli_bad_best_of_gives_one_line(tiny_setup, tmp_path, capsys, extra, message):
+    out = tmp_path / "o"
+    assert main(eval_args(tiny_setup, out, *[e.format(root=tiny_setup) for e in extra])) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and re.search(message, err)
+    assert not out.exists()
 
 
 @pytest.mark.parametrize("models, message", [
