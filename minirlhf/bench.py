@@ -18,7 +18,9 @@ times each, with the same number of threads, and reports medians: training token
 (forward, loss, backward, clipping, AdamW, float32), generation tokens/s with a KV
 cache, peak memory, the ratios ours / PyTorch, and the model-FLOP utilisation (MFU)
 against a large float32 matrix product measured on the same cores. Alternating
-matters on a shared machine: a burst of load hits both sides, not one.
+matters on a shared machine: a burst of load hits both sides, not one. `--ops` alternates
+too (NumPy, then Numba, `--rounds` times per op), and both print the load average, so a
+busy machine shows in the output.
 """
 import argparse
 import json
@@ -247,9 +249,14 @@ def fairness(preset_or_config, dtype=np.float32, seed=0, batch=None):
 OPS_SHAPE = dict(B=8, T=256, C=256, H=8, V=1024)  # the base preset's batch at full context
 
 
-def measure_ops(min_seconds=1.0, shape=None, seed=0):
+def measure_ops(min_seconds=1.0, shape=None, seed=0, rounds=3):
     """Forward + backward of each hot op in float32 at `shape` (default OPS_SHAPE: T = 256),
-    NumPy reference against the Numba kernel: {op: {"numpy_ms", "numba_ms", "speedup"}}."""
+    NumPy reference against the Numba kernel, alternating: `rounds` rounds of NumPy then
+    Numba per op, each timed for min_seconds / rounds (at least 3 steps), so a burst of
+    load from elsewhere hits both sides, not one (as --compare does). Returns the rounds,
+    the load average at the start and the end, and per op the medians over rounds, their
+    ratio ("speedup") and every round's times: {"rounds", "load_avg_start", "load_avg",
+    "ops": {op: {"numpy_ms", "numba_ms", "speedup", "runs": {"numpy": [...], "numba": [...]}}}}."""
     shape = {**OPS_SHAPE, **(shape or {})}
     B, T, C, H, V = (shape[k] for k in "BTCHV")
     rng = np.random.default_rng(seed)
@@ -265,27 +272,46 @@ def measure_ops(min_seconds=1.0, shape=None, seed=0):
         "softmax": ("softmax_forward", (rng.standard_normal((B, H, T, T)).astype(np.float32),), "softmax_backward"),
         "cross-entropy": ("token_logprobs_forward", (logits, targets), "token_logprobs_backward"),
     }
+    load_at_start = list(os.getloadavg())
     results = {}
     for op, (fwd, args, bwd) in cases.items():
-        times = {}
+        steps = {}
         for backend_name in ("numpy", "numba"):
             impl = backend.ops(backend_name)
-            out, _ = getattr(impl, fwd)(*args)
-            dout = np.ones_like(out)
+            dout = np.ones_like(getattr(impl, fwd)(*args)[0])
 
-            def step():
+            def step(impl=impl, dout=dout):
                 _, cache = getattr(impl, fwd)(*args)
                 getattr(impl, bwd)(dout, cache)
             step()  # compile (numba) and warm the caches
-            times[backend_name] = _median_times(step, 3, min_seconds)[0] * 1e3
-        results[op] = {"numpy_ms": times["numpy"], "numba_ms": times["numba"], "speedup": times["numpy"] / times["numba"]}
-    return results
+            steps[backend_name] = step
+        runs = {name: [] for name in steps}
+        for _ in range(rounds):
+            for name, step in steps.items():
+                runs[name].append(_median_times(step, 3, min_seconds / rounds)[0] * 1e3)
+        numpy_ms, numba_ms = (statistics.median(runs[name]) for name in ("numpy", "numba"))
+        results[op] = {"numpy_ms": numpy_ms, "numba_ms": numba_ms, "speedup": numpy_ms / numba_ms, "runs": runs}
+    return {"rounds": rounds, "load_avg_start": load_at_start, "load_avg": list(os.getloadavg()), "ops": results}
 
 
-def format_ops(results):
+def _format_load(report):
+    """"load average 1.52 1.31 1.20 at the start, ... at the end" (1, 5 and 15 minutes): on a
+    shared machine, how busy it was while we measured."""
+    start, end = (" ".join(f"{x:.2f}" for x in report[k]) for k in ("load_avg_start", "load_avg"))
+    return f"load average {start} at the start, {end} at the end"
+
+
+def format_ops(report):
+    """The per-op table: medians over rounds, their ratio, and the lowest and highest ratio
+    of a single round (how much the load moved it)."""
     shape = ", ".join(f"{k}={v}" for k, v in OPS_SHAPE.items())
-    lines = [f"hot ops, forward + backward, float32 ({shape})", f"{'op':<14}{'numpy ms':>10}{'numba ms':>10}{'speedup':>9}"]
-    lines += [f"{op:<14}{r['numpy_ms']:>10.2f}{r['numba_ms']:>10.2f}{r['speedup']:>8.1f}x" for op, r in results.items()]
+    lines = [f"hot ops, forward + backward, float32 ({shape}), {report['rounds']} alternating rounds, medians; "
+             + _format_load(report),
+             f"{'op':<14}{'numpy ms':>10}{'numba ms':>10}{'speedup':>9}{'per round':>14}"]  # fmt: skip
+    for op, r in report["ops"].items():
+        ratios = [a / b for a, b in zip(r["runs"]["numpy"], r["runs"]["numba"])]
+        spread = f"{min(ratios):.1f}-{max(ratios):.1f}x"
+        lines.append(f"{op:<14}{r['numpy_ms']:>10.2f}{r['numba_ms']:>10.2f}{r['speedup']:>8.1f}x{spread:>14}")
     return "\n".join(lines)
 
 
@@ -422,11 +448,9 @@ def format_comparison(report):
     CPU-second, the steadier one on a busy machine) and of memory, then the MFU."""
     head = (f"{'preset':<6} {'train tok/s ours':>16} {'torch':>7} {'ratio (cpu)':>13}  {'gen tok/s ours':>14} "
             f"{'torch':>7} {'ratio':>6}  {'mem MB ours':>11} {'torch':>6} {'ratio':>6}  {'MFU ours':>8} {'torch':>6}")
-    load, load_start = (" ".join(f"{x:.2f}" for x in report[k]) for k in ("load_avg", "load_avg_start"))
     lines = [
         f"threads {report['threads'] or 'default'}, {report['rounds']} alternating rounds, medians; float32 peak "
-        f"{report['peak_gflops']:.0f} GFLOP/s ({PEAK_SIZE}^3 product); load average {load_start} at the start, "
-        f"{load} at the end",
+        f"{report['peak_gflops']:.0f} GFLOP/s ({PEAK_SIZE}^3 product); " + _format_load(report),
         head,
         "-" * len(head),
     ]
@@ -463,13 +487,15 @@ def add_parser(subparsers):
     p.add_argument("--preset", choices=list(BENCH_PRESETS), action="append", help="preset(s) to run (default: all)")
     p.add_argument("--backend", choices=["numpy", "numba"], action="append", help="backend(s) to run (default: both)")
     p.add_argument("--compare", choices=["torch"], help="race our numba backend against the same model in PyTorch")
-    p.add_argument("--rounds", type=int, default=3, help="with --compare: alternating rounds per preset")
+    p.add_argument("--rounds", type=int, default=3, help="with --compare: alternating rounds per preset; with "
+                   "--ops: alternating rounds (NumPy, then Numba) per op")  # fmt: skip
     p.add_argument("--threads", type=int, default=2, help="threads for both sides (0: each library's default)")
     p.add_argument("--startup", action="store_true", help="also time a fresh process's first training step, "
                    "with a cold and a warm Numba cache")  # fmt: skip
     p.add_argument("--ops", action="store_true", help="instead: each hot op's forward + backward, the NumPy "
                    f"reference against the Numba kernel, at T = {OPS_SHAPE['T']}")  # fmt: skip
-    p.add_argument("--min-seconds", type=float, default=2.0, help="time each measurement for at least this long")
+    p.add_argument("--min-seconds", type=float, default=2.0, help="time each measurement for at least this long "
+                   "(with --ops: each side of each op, over all its rounds)")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=run)
 
@@ -479,7 +505,7 @@ def run(args):
     if args.rounds < 1 or args.threads < 0 or args.min_seconds < 0:
         raise MinirlhfError("--rounds must be >= 1, --threads and --min-seconds >= 0")
     if args.ops:
-        results = measure_ops(args.min_seconds)
+        results = measure_ops(args.min_seconds, rounds=args.rounds)
         print(json.dumps(results, indent=2) if args.json else format_ops(results))
         return
     if args.compare:

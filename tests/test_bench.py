@@ -110,10 +110,26 @@ def test_startup_times():
     assert startup["cold_s"] > 0 and startup["warm_s"] > 0
 
 
-def test_ops_times_every_hot_op_on_both_backends():
-    results = bench.measure_ops(min_seconds=0.0, shape=dict(B=2, T=16, C=16, H=2, V=32))
-    assert list(results) == ["attention", "layernorm", "gelu", "softmax", "cross-entropy"]
-    for op, r in results.items():
+def test_ops_alternates_both_backends_on_every_hot_op():
+    """`bench --ops`: every hot op timed on both backends in each of the rounds, the medians
+    over rounds and their ratio reported, with the load average before and after."""
+    report = bench.measure_ops(min_seconds=0.0, shape=dict(B=2, T=16, C=16, H=2, V=32), rounds=3)
+    assert report["rounds"] == 3
+    assert len(report["load_avg_start"]) == len(report["load_avg"]) == 3
+    assert list(report["ops"]) == ["attention", "layernorm", "gelu", "softmax", "cross-entropy"]
+    for op, r in report["ops"].items():
+        assert len(r["runs"]["numpy"]) == len(r["runs"]["numba"]) == 3, op
+        assert r["numpy_ms"] == pytest.approx(np.median(r["runs"]["numpy"])), op
+        assert r["numba_ms"] == pytest.approx(np.median(r["runs"]["numba"])), op
         assert r["numpy_ms"] > 0 and r["numba_ms"] > 0, op
         assert r["speedup"] == pytest.approx(r["numpy_ms"] / r["numba_ms"])
-    assert bench.format_ops(results).splitlines()[2].startswith("attention")
+    lines = bench.format_ops(report).splitlines()
+    assert "3 alternating rounds" in lines[0] and "load average" in lines[0]
+    assert lines[2].startswith("attention") and lines[2].endswith("x")
+
+
+def test_ops_command_json(capsys):
+    """The command passes --rounds on and prints the report as JSON."""
+    assert cli.main(["bench", "--ops", "--rounds", "2", "--min-seconds", "0", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["rounds"] == 2 and len(report["ops"]["gelu"]["runs"]["numba"]) == 2
