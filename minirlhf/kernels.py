@@ -340,11 +340,25 @@ def _input_grad(r0, r1, dout, w, dx):
     np.matmul(dout[r0:r1], w.T, out=dx[r0:r1])
 
 
+@njit(cache=True, nogil=True, error_model="numpy")
+def _column_sums(a, c0, c1, out):
+    """out[c0:c1] = a[:, c0:c1].sum(axis=0) for a 2-D array a: row after row, the order
+    NumPy adds them in too (same numbers, bit for bit). NumPy's own sum over such a
+    block of columns (a strided view) took 2-3.5x as long at the bench's shapes: the
+    bias gradients of a base step, 23 ms of NumPy sums, take 14 ms this way."""
+    total = out[c0:c1]
+    total[:] = 0.0
+    for i in range(a.shape[0]):
+        row = a[i, c0:c1]
+        for c in range(c1 - c0):
+            total[c] += row[c]
+
+
 def _weight_grad(c0, c1, x, dout, dw, db):
     """Columns c0..c1-1 of dw = x^T dout and db = sum(dout): sums over all rows, so split
     by columns (each column's sum is computed whole)."""
     np.matmul(x.T, dout[:, c0:c1], out=dw[:, c0:c1])
-    np.sum(dout[:, c0:c1], axis=0, out=db[c0:c1])
+    _column_sums(dout, c0, c1, db)
 
 
 def _linear_grad_tasks(x, w, dout, dx, dw, db):

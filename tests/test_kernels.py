@@ -146,6 +146,22 @@ def test_linear(rng, dtype, shape, c_out):
              dout_view=lambda d: np.asfortranarray(d))
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_linear_backward_by_blocks_of_columns(rng, dtype, monkeypatch):
+    """dw and db split into several blocks of columns (and a partial last one), each
+    block's bias gradient summed by _column_sums, against the reference; the sums alone
+    against NumPy's, on rows a power of two apart (the MLP's 4C columns)."""
+    monkeypatch.setattr(kernels, "_COLUMNS", 16)
+    x = rng.standard_normal((3, 11, 8)).astype(dtype)
+    w, b = rng.standard_normal((8, 40)).astype(dtype), rng.standard_normal(40).astype(dtype)
+    check_op("linear", (x, w, b), rng, dtype, "linear with 3 blocks of columns")
+    a = rng.standard_normal((70, 64)).astype(dtype)
+    sums = np.full(64, np.nan, dtype)
+    for c0, c1 in ((0, 16), (16, 64)):
+        kernels._column_sums(a, c0, c1, sums)
+    assert_agree(sums, a.sum(axis=0), dtype, "column sums")
+
+
 def test_linear_bad_shapes(rng):
     with pytest.raises(MinirlhfError, match="linear"):
         kernels.linear_forward(rng.standard_normal((2, 5)), rng.standard_normal((4, 3)), np.zeros(3))
