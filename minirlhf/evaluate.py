@@ -429,7 +429,8 @@ def report_markdown(result, samples=None, plots=()):
         f"Held-out sets: {n['helpfulness']} helpfulness prompts (win rates, gold score, correctness), "
         f"{n['truthfulness']} questions whose rumoured answer is false, {n['harmlessness']} sentence starts "
         "under three conditions. Intervals are 95% Wilson score intervals; "
-        + (f"*{st['reference']}* are the labeler's own ideal answers, for reference." if st["reference"] else ""),
+        + (f"*{st['reference']}* are the labeler's own ideal answers, for reference." if st["reference"] else "")
+        + "".join(f" *{row}* is {what}." for row, what in st.get("best_of", {}).items()),
         "## Summary",
         summary_markdown(result),
         "## Correct answers by task (helpfulness prompts, partial credit)",
@@ -503,8 +504,8 @@ def parse_best_of(spec, names):
 
 
 def best_of_models(spec, models, reward_path, world, args):
-    """The --best-of rows: {"sft-best8-rm": respond, "sft-best8-gold": respond} (the
-    reward model's row only with --reward)."""
+    """The --best-of rows: ({"sft-best8-rm": respond, "sft-best8-gold": respond}, {row:
+    what it is, for the report}); the reward model's row only with --reward."""
     name, k = parse_best_of(spec, list(models))
     model, tokenizer = models[name]
     respond = model_responder(model, tokenizer, args.max_new_tokens, args.temperature, args.batch_size,
@@ -515,7 +516,9 @@ def best_of_models(spec, models, reward_path, world, args):
             raise MinirlhfError(f"--reward: {reward_path}: no such directory")
         raters["rm"] = reward_rater(load_reward_model(resolve_checkpoint(reward_path), tokenizer)[0], tokenizer)
     raters["gold"] = gold_rater(world)
-    return {f"{name}-best{k}-{by}": best_of_responder(respond, k, rate) for by, rate in raters.items()}
+    judges = {"rm": f"the reward model {reward_path}", "gold": "the gold score"}
+    rows = {f"{name}-best{k}-{by}": best_of_responder(respond, k, rate) for by, rate in raters.items()}
+    return rows, {row: f"the best of {k} samples of {name} by {judges[by]}" for row, by in zip(rows, raters)}
 
 
 def find_metrics(path):
@@ -562,14 +565,16 @@ def run(args):
     models = load_models(paths)
     if args.reward is not None and args.best_of is None:
         raise MinirlhfError("--reward is for --best-of: give both")
+    best_of = {}
     if args.best_of is not None:
-        models.update(best_of_models(args.best_of, models, args.reward, world, args))
+        rows, best_of = best_of_models(args.best_of, models, args.reward, world, args)
+        models.update(rows)
     t0 = time.perf_counter()
     samples = []
     result = evaluate_models(models, world, sets, np.random.default_rng(args.seed), args.labeler, args.temperature,
                              args.max_new_tokens, args.batch_size, progress=True, samples=samples)
     result["settings"].update(wall_seconds=time.perf_counter() - t0, seed=args.seed, data=str(args.data),
-                              model_dirs={name: str(path) for name, path in paths.items()})
+                              model_dirs={name: str(path) for name, path in paths.items()}, best_of=best_of)
     metrics = {name: find_metrics(path) for name, path in paths.items()}
     written = write_report(args.out, result, samples, {k: v for k, v in metrics.items() if v is not None})
     print(summary_markdown(result))

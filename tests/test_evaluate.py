@@ -306,6 +306,9 @@ def test_cli_best_of_adds_the_reward_models_and_the_gold_pick(tiny_setup, tmp_pa
     assert report["settings"]["models"] == ["base", "ppo", "ppo-best3-rm", "ppo-best3-gold"]
     assert {"ppo-best3-gold_vs_ppo", "ppo-best3-rm_vs_ppo", "ppo-best3-gold_vs_ppo-best3-rm"} <= set(report["win_rate"])
     assert "| ppo-best3-gold vs ppo |" in capsys.readouterr().out
+    assert report["settings"]["best_of"]["ppo-best3-gold"] == "the best of 3 samples of ppo by the gold score"
+    assert f"*ppo-best3-rm* is the best of 3 samples of ppo by the reward model {root / 'rm'}." in \
+        (out / "report.md").read_text()
 
 
 @pytest.mark.parametrize("extra, message", [
