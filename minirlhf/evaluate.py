@@ -503,22 +503,21 @@ def parse_best_of(spec, names):
     return name, int(k)
 
 
-def best_of_models(spec, models, reward_path, world, args):
+def best_of_models(spec, models, reward_path, world, max_new_tokens, temperature, batch_size):
     """The --best-of rows: ({"sft-best8-rm": respond, "sft-best8-gold": respond}, {row:
     what it is, for the report}); the reward model's row only with --reward."""
     name, k = parse_best_of(spec, list(models))
     model, tokenizer = models[name]
-    respond = model_responder(model, tokenizer, args.max_new_tokens, args.temperature, args.batch_size,
-                              desc=f"eval {name} x{k}")
-    raters = {}
+    respond = model_responder(model, tokenizer, max_new_tokens, temperature, batch_size, desc=f"eval {name} x{k}")
+    raters = []  # (row suffix, rate, what rates)
     if reward_path is not None:
         if not Path(reward_path).is_dir():
             raise MinirlhfError(f"--reward: {reward_path}: no such directory")
-        raters["rm"] = reward_rater(load_reward_model(resolve_checkpoint(reward_path), tokenizer)[0], tokenizer)
-    raters["gold"] = gold_rater(world)
-    judges = {"rm": f"the reward model {reward_path}", "gold": "the gold score"}
-    rows = {f"{name}-best{k}-{by}": best_of_responder(respond, k, rate) for by, rate in raters.items()}
-    return rows, {row: f"the best of {k} samples of {name} by {judges[by]}" for row, by in zip(rows, raters)}
+        rm = load_reward_model(resolve_checkpoint(reward_path), tokenizer)[0]
+        raters.append(("rm", reward_rater(rm, tokenizer), f"the reward model {reward_path}"))
+    raters.append(("gold", gold_rater(world), "the gold score"))
+    rows = {f"{name}-best{k}-{by}": best_of_responder(respond, k, rate) for by, rate, _ in raters}
+    return rows, {f"{name}-best{k}-{by}": f"the best of {k} samples of {name} by {what}" for by, _, what in raters}
 
 
 def find_metrics(path):
@@ -567,7 +566,8 @@ def run(args):
         raise MinirlhfError("--reward is for --best-of: give both")
     best_of = {}
     if args.best_of is not None:
-        rows, best_of = best_of_models(args.best_of, models, args.reward, world, args)
+        rows, best_of = best_of_models(args.best_of, models, args.reward, world, args.max_new_tokens,
+                                       args.temperature, args.batch_size)
         models.update(rows)
     t0 = time.perf_counter()
     samples = []
