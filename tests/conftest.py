@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from minirlhf.checkpoint import save_gpt
-from minirlhf.model import GPT, GPTConfig
+from minirlhf.model import GPT, GPTConfig, ScalarModel
+from minirlhf.reward import save_reward_model
 from minirlhf.tokenizer import train_tokenizer
 
 DATA = Path(__file__).resolve().parent.parent / "data"
@@ -55,3 +56,16 @@ def prompts(tmp_path):
     """Short toy-world prompts from the repo's data (the gold score can judge them)."""
     records = [json.loads(line) for line in (DATA / "ppo_prompts.jsonl").read_text().splitlines()]
     return write_jsonl(tmp_path / "prompts.jsonl", [r for r in records if len(r["prompt"]) <= 50][:6])
+
+
+@pytest.fixture
+def models(tmp_path):
+    """A tiny random SFT model and a reward model (with a large, non-trivial head) over
+    the same character tokenizer."""
+    tok = train_tokenizer("char", ALPHABET)
+    cfg = GPTConfig(vocab_size=tok.vocab_size, block_size=64, n_layer=1, n_head=2, n_embd=16)
+    save_gpt(tmp_path / "sft" / "checkpoint", GPT(cfg, seed=3), tok)
+    rm = ScalarModel.from_gpt(GPT(cfg, seed=4), seed=5)
+    rm.params["head.weight"][...] = np.random.default_rng(6).standard_normal(rm.params["head.weight"].shape)
+    save_reward_model(tmp_path / "rm" / "checkpoint", rm, tok, {"mean_before": 0.0})
+    return tmp_path / "sft", tmp_path / "rm"

@@ -6,16 +6,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ALPHABET, write_jsonl
+from conftest import write_jsonl
 from test_model import perturbed_model
 
-from minirlhf.checkpoint import load_checkpoint, save_gpt
+from minirlhf.checkpoint import load_checkpoint
 from minirlhf.cli import main
 from minirlhf.errors import MinirlhfError
 from minirlhf.gradcheck import max_abs_diff, numerical_gradient, rel_error
 from minirlhf.grpo import group_advantages, grpo_loss, k3_kl
 from minirlhf.metrics import read_metrics
-from minirlhf.model import GPT, GPTConfig, ScalarModel
+from minirlhf.model import GPTConfig, ScalarModel
 from minirlhf.optim import AdamW
 from minirlhf.params import FlatParams
 from minirlhf.reward import save_reward_model
@@ -104,19 +104,6 @@ def test_grpo_gradient_through_the_policy(rng):
 
 # ----------------------------------------------------------------------------
 # `minirlhf grpo` end to end on a tiny policy and reward model
-
-@pytest.fixture
-def models(tmp_path):
-    """A tiny random SFT model and a reward model (with a large, non-trivial head) over
-    the same character tokenizer."""
-    tok = train_tokenizer("char", ALPHABET)
-    cfg = GPTConfig(vocab_size=tok.vocab_size, block_size=64, n_layer=1, n_head=2, n_embd=16)
-    save_gpt(tmp_path / "sft" / "checkpoint", GPT(cfg, seed=3), tok)
-    rm = ScalarModel.from_gpt(GPT(cfg, seed=4), seed=5)
-    rm.params["head.weight"][...] = np.random.default_rng(6).standard_normal(rm.params["head.weight"].shape)
-    save_reward_model(tmp_path / "rm" / "checkpoint", rm, tok, {"mean_before": 0.0})
-    return tmp_path / "sft", tmp_path / "rm"
-
 
 def grpo_args(models, out, prompts, *extra):
     sft, rm = models

@@ -38,7 +38,7 @@ from minirlhf.train.reward import (
     SAMPLE_STREAM, TRAIN_STREAM, RewardConfig, collect_rankings, encode_rankings, pack_groups, packed_rankings,
     training_schedule,
 )
-from minirlhf.train.rollout import read_prompts_that_fit, rollout_metrics, sample_rollout
+from minirlhf.train.rollout import describe_samples, read_prompts_that_fit, rollout_metrics, sample_rollout
 
 
 @dataclass
@@ -240,9 +240,7 @@ def run(args):
                        shuffle_pairs=args.shuffle_pairs, sample_prompts=args.sample_prompts,
                        max_new_tokens=args.max_new_tokens, train=train_settings_from_args(args), seed=args.seed)
     s = run_dpo(args.policy, args.out, config, args.reward_dir, args.reward, args.data, args.prompts)
-    num = lambda x: "n/a" if x is None else f"{x:.3f}"  # noqa: E731  (nothing sampled, or no RM / world)
     print(f"held-out DPO loss {s['val_loss_start']:.4f} -> {s['val_loss_end']:.4f}, implicit-reward accuracy "
-          f"{s['val_reward_accuracy']:.1%} ({s['val_prompts']} prompts); sampled answers: RM reward "
-          f"{num(s['reward_start'])} -> {num(s['reward_end'])}, gold {num(s['gold_start'])} -> {num(s['gold_end'])}, "
-          f"KL {num(s['kl_final'])}; {s['steps']} steps in {s['wall_seconds']:.0f} s")
+          f"{s['val_reward_accuracy']:.1%} ({s['val_prompts']} prompts); sampled answers: {describe_samples(s)}; "
+          f"{s['steps']} steps in {s['wall_seconds']:.0f} s")
     print(f"policy: {s['checkpoint']}   metrics: {args.out / 'metrics.jsonl'}   plot: {args.out / 'dpo.png'}")

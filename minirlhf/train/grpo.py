@@ -34,7 +34,7 @@ from minirlhf.sample import resolve_checkpoint
 from minirlhf.toyworld import World
 from minirlhf.train.loop import restore_rng, rng_state
 from minirlhf.train.ppo import add_config_args, config_from_args, run_iterations
-from minirlhf.train.rollout import checked_step, read_prompts_that_fit, rollout_metrics, sample_rollout
+from minirlhf.train.rollout import checked_step, describe_samples, read_prompts_that_fit, rollout_metrics, sample_rollout
 
 
 @dataclass
@@ -194,7 +194,5 @@ def add_parser(subparsers):
 def run(args):
     summary = run_grpo(args.policy, args.reward, args.out, config_from_args(GRPOConfig, args), args.data, args.prompts,
                        args.resume)
-    print(f"RM reward {summary['reward_start']:.3f} -> {summary['reward_end']:.3f}, "
-          f"gold {summary['gold_start']} -> {summary['gold_end']}, KL {summary['kl_final']:.2f}, "
-          f"{summary['iterations']} iterations in {summary['wall_seconds']:.0f} s")
+    print(f"{describe_samples(summary)}, {summary['iterations']} iterations in {summary['wall_seconds']:.0f} s")
     print(f"policy: {summary['checkpoint']}   metrics: {args.out / 'metrics.jsonl'}   plot: {args.out / 'grpo.png'}")

@@ -14,6 +14,11 @@ log-probs are computed at), score them, shape the per-token reward with the KL p
 minibatch updates of the clipped surrogate (policy) and the clipped value loss (value).
 Every iteration logs the RM reward, the gold (labeler) score, the KL to the reference,
 entropy, clip fraction, approx-KL and value loss to metrics.jsonl.
+
+`--gold-reward SCALE` (toy world only) optimises the labeler's noiseless gold score
+instead of the reward model's: PPO with a perfect reward model. What it reaches is what
+the policy itself can learn in the run's budget, whatever the reward model's errors
+(Gao et al.'s gold reward model, here the labeler itself).
 """
 import argparse
 import math
@@ -26,7 +31,7 @@ from tqdm import tqdm
 
 from minirlhf import ppo
 from minirlhf.checkpoint import load_checkpoint, load_gpt, save_checkpoint, save_gpt
-from minirlhf.datasets import load_corpus, load_prompts
+from minirlhf.datasets import load_corpus, load_prompts, load_sft
 from minirlhf.errors import MinirlhfError
 from minirlhf.metrics import MetricsLog, read_metrics
 from minirlhf.model import ScalarModel
@@ -35,11 +40,11 @@ from minirlhf.plots import plot_metrics
 from minirlhf.reward import load_reward_model, scores_forward
 from minirlhf.sample import generate_ids, resolve_checkpoint
 from minirlhf.sequences import pack
-from minirlhf.toyworld import World
+from minirlhf.toyworld import World, gold_score
 from minirlhf.train.loop import restore_rng, rng_state
 from minirlhf.train.reward import RewardConfig, read_rankings, retrain
 from minirlhf.train.pretrain import sample_windows
-from minirlhf.train.rollout import checked_step, mean_gold_score
+from minirlhf.train.rollout import checked_step, describe_samples, gold_scores
 
 
 @dataclass
@@ -65,6 +70,7 @@ class PPOConfig:
     missing_eos_penalty: float = 1.0  # subtracted from the score of a response that never stops
     ptx_coef: float = 0.0  # PPO-ptx: weight of the pretraining loss (InstructGPT: 27.8)
     ptx_batch: int = 8
+    gold_reward: float = 0.0  # > 0: reward SCALE * (gold score - the demonstrations' mean), not the RM's score
     save_every: int = 10
     rounds: int = 1  # >1: retrain the reward model on the policy's answers between rounds
     seed: int = 0
@@ -75,13 +81,14 @@ class PPOTrainer:
     rollout + update cycle and returns its metrics."""
 
     def __init__(self, policy, reference, reward_model, value_model, tokenizer, prompts, config, world=None,
-                 ptx_tokens=None, rng=None):
+                 ptx_tokens=None, rng=None, gold_zero=0.0):
         self.policy, self.reference, self.reward_model, self.value_model = policy, reference, reward_model, value_model
         self.tokenizer = tokenizer
         self.prompts = prompts
         self.config = config
         self.world = world
         self.ptx_tokens = ptx_tokens
+        self.gold_zero = gold_zero  # the gold score that --gold-reward turns into a reward of 0
         self.rng = rng if rng is not None else np.random.default_rng(config.seed)
         self.policy_opt = AdamW(policy.params, lr=config.lr, betas=(0.9, 0.95), weight_decay=0.0)
         self.value_opt = AdamW(value_model.params, lr=config.value_lr, betas=(0.9, 0.95), weight_decay=0.0)
@@ -103,13 +110,16 @@ class PPOTrainer:
         ref_logp, _ = self.reference.logprobs_forward(batch.idx, batch.targets, temperature=cfg.temperature)
         values, _ = self.value_model.values_forward(batch.idx)
         scores, _ = scores_forward(self.reward_model, batch)  # (B,), read at each last token
+        gold = self.gold(texts, response_ids, finished)  # (B,) or None
+        # --gold-reward: a perfect reward model in place of the trained one (still logged as rm_reward)
+        optimised = cfg.gold_reward * (gold - self.gold_zero) if cfg.gold_reward else scores
         finished = np.array(finished)
-        shaped_scores = scores - cfg.missing_eos_penalty * ~finished
+        shaped_scores = optimised - cfg.missing_eos_penalty * ~finished
         rewards, kl = ppo.kl_shaped_rewards(logp, ref_logp, shaped_scores, mask, self.kl_ctl.beta)
         advantages, returns = ppo.gae(rewards, values, mask, cfg.gamma, cfg.lam)
         return {
             "texts": texts, "response_ids": response_ids, "finished": finished, "batch": batch, "mask": mask,
-            "logp": logp, "values": values, "scores": scores, "kl": kl, "rewards": rewards,
+            "logp": logp, "values": values, "scores": scores, "gold": gold, "kl": kl, "rewards": rewards,
             "advantages": ppo.whiten(advantages, mask), "returns": returns,
             "entropy": ppo.entropy_from_logits(cache[0], mask),
         }
@@ -151,7 +161,7 @@ class PPOTrainer:
         kl_per_seq = float(roll["kl"].sum(axis=1).mean())
         record = {
             "rm_reward": float(roll["scores"].mean()),
-            "gold_score": self.gold(roll),
+            "gold_score": None if roll["gold"] is None else float(roll["gold"].mean()),
             "kl": kl_per_seq,
             "reward_total": float(roll["rewards"].sum(axis=1).mean()),
             "entropy": roll["entropy"],
@@ -165,11 +175,16 @@ class PPOTrainer:
         self.iterations_done += 1
         return record
 
-    def gold(self, roll):
-        """Mean gold (labeler) score of the rollouts: the truth the RM only estimates.
+    def gold(self, prompts, response_ids, finished):
+        """(B,) gold (labeler) score of each response: the truth the RM only estimates.
         None when the prompts are not the toy world's (the labeler cannot read them)."""
-        score = mean_gold_score(self.world, self.tokenizer, roll["texts"], roll["response_ids"], roll["finished"])
+        if self.world is None and not self.config.gold_reward:
+            return None
+        score = gold_scores(self.world, self.tokenizer, prompts, response_ids, finished)
         if score is None:
+            if self.config.gold_reward:
+                raise MinirlhfError("--gold-reward: the labeler cannot judge these prompts (they are not the toy "
+                                    "world's, or there is no world.json)")
             self.world = None  # not the toy world's prompts: stop asking
         return score
 
@@ -222,6 +237,15 @@ def rankings_of(reward_path):
                         "(comparisons.jsonl in its run directory)")
 
 
+def demonstrations_gold(world, path, n=RewardConfig.n_demos):
+    """Mean gold score of the first n demonstrations in `path`: --gold-reward's zero, as
+    the reward model is normalised so that the same demonstrations score 0 on average."""
+    if world is None:
+        raise MinirlhfError(f"--gold-reward needs the toy world's labeler: no world.json beside {path}")
+    demos = load_sft(path)[:n]
+    return float(np.mean([gold_score(world, d["prompt"], d["response"]) for d in demos]))
+
+
 def run_ppo(policy_path, reward_path, out_dir, config=None, data_dir="data", prompts_path=None, ptx_text=None,
             reward_config=None, resume=False, progress=True):
     """Train a policy with PPO; with config.rounds > 1, retrain the reward model on new
@@ -243,7 +267,9 @@ def run_ppo(policy_path, reward_path, out_dir, config=None, data_dir="data", pro
         ptx_tokens = np.asarray(tokenizer.encode(load_corpus(ptx_text)), dtype=np.int64)
     earlier = rankings_of(reward_path) if config.rounds > 1 else None
     reward_config = replace(reward_config or RewardConfig(), data=str(data_dir))
-    trainer = PPOTrainer(policy, reference, reward_model, value_model, tokenizer, prompts, config, world, ptx_tokens)
+    gold_zero = demonstrations_gold(world, data_dir / "sft.jsonl") if config.gold_reward else 0.0
+    trainer = PPOTrainer(policy, reference, reward_model, value_model, tokenizer, prompts, config, world, ptx_tokens,
+                         gold_zero=gold_zero)
     if resume:
         trainer.restore(out_dir)
         if trainer.round:
@@ -332,6 +358,8 @@ HELP = {
     "missing_eos_penalty": "subtracted from the score of a response without end-of-text",
     "ptx_coef": "PPO-ptx: weight of the pretraining loss (needs --ptx-text)",
     "ptx_batch": "pretraining windows per minibatch for PPO-ptx",
+    "gold_reward": "toy world only: reward SCALE x (the labeler's gold score - the demonstrations' mean) instead "
+                   "of the reward model's score: PPO with a perfect reward model (e.g. 5; 0: off)",
     "save_every": "save a checkpoint every this many iterations",
     "rounds": "iterate steps 2 and 3: split the iterations into this many rounds and, between rounds, "
               "rank the policy's answers, retrain the reward model on all rankings so far",
@@ -389,7 +417,5 @@ def add_parser(subparsers):
 def run(args):
     summary = run_ppo(args.policy, args.reward, args.out, ppo_config_from_args(args), args.data, args.prompts,
                       args.ptx_text, resume=args.resume)
-    print(f"RM reward {summary['reward_start']:.3f} -> {summary['reward_end']:.3f}, "
-          f"gold {summary['gold_start']} -> {summary['gold_end']}, KL {summary['kl_final']:.2f}, "
-          f"{summary['iterations']} iterations in {summary['wall_seconds']:.0f} s")
+    print(f"{describe_samples(summary)}, {summary['iterations']} iterations in {summary['wall_seconds']:.0f} s")
     print(f"policy: {summary['checkpoint']}   metrics: {args.out / 'metrics.jsonl'}   plot: {args.out / 'ppo.png'}")

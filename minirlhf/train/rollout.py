@@ -57,16 +57,22 @@ def sample_rollout(policy, reference, reward_model, tokenizer, prompts, rng, max
                    entropy_from_logits(cache[0], batch.response_mask), scores)
 
 
-def mean_gold_score(world, tokenizer, prompts, response_ids, finished):
-    """Mean gold (labeler) score of the responses, or None without a world or when the
+def gold_scores(world, tokenizer, prompts, response_ids, finished):
+    """(B,) gold (labeler) score of each response, or None without a world or when the
     prompts are not the toy world's (the labeler cannot read them)."""
     if world is None:
         return None
     texts = [response_text(tokenizer, r, f) for r, f in zip(response_ids, finished)]
     try:
-        return float(np.mean([gold_score(world, p, t, f) for p, t, f in zip(prompts, texts, finished)]))
+        return np.array([gold_score(world, p, t, f) for p, t, f in zip(prompts, texts, finished)])
     except PromptFormatError:
         return None
+
+
+def mean_gold_score(world, tokenizer, prompts, response_ids, finished):
+    """Mean of `gold_scores`, or None where it is None."""
+    scores = gold_scores(world, tokenizer, prompts, response_ids, finished)
+    return None if scores is None else float(scores.mean())
 
 
 def rollout_metrics(roll, tokenizer, world=None):
@@ -79,6 +85,16 @@ def rollout_metrics(roll, tokenizer, world=None):
         "response_tokens": float(roll.mask.sum(axis=1).mean()),
         "finished_rate": float(roll.finished.mean()),
     }
+
+
+def describe_samples(summary):
+    """"RM reward a -> b, gold c -> d, KL e": what a run's sampled answers did, as the
+    PPO, GRPO and DPO commands print it ("n/a" where there is no number: no reward
+    model, prompts the labeler cannot read, nothing sampled)."""
+    def num(x):
+        return "n/a" if x is None else f"{x:.3f}"
+    return (f"RM reward {num(summary['reward_start'])} -> {num(summary['reward_end'])}, "
+            f"gold {num(summary['gold_start'])} -> {num(summary['gold_end'])}, KL {num(summary['kl_final'])}")
 
 
 def read_prompts_that_fit(path, tokenizer, block_size):
