@@ -48,6 +48,7 @@ from pathlib import Path
 import numpy as np
 
 from minirlhf.errors import MinirlhfError
+from minirlhf.flags import non_negative_int
 from minirlhf.lstm import LSTMLanguageModel, matched_lstm_config
 from minirlhf.metrics import MetricsLog
 from minirlhf.model import GPT, GPTConfig
@@ -353,7 +354,7 @@ def add_parser(subparsers):
     p.add_argument("--lstm-lr", type=float, default=defaults.lstm_lr, help="the LSTM's peak lr (min lr scaled alike); 0: --lr")
     add_train_args(p, **asdict(defaults.train))
     p.add_argument("--eval-size", type=int, default=defaults.eval_size, help="sequences per distance in the measurement")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=non_negative_int, default=0)
     p.set_defaults(func=run)
 
 

@@ -28,6 +28,7 @@ import numpy as np
 from minirlhf.datasets import atomic_write_text
 from minirlhf.errors import MinirlhfError
 from minirlhf.evaluate import evaluate_models, load_eval_sets, load_models, summary_markdown, write_report
+from minirlhf.flags import non_negative_int
 from minirlhf.model import PRESETS as MODEL_PRESETS
 from minirlhf.toyworld.generate import write_datasets
 from minirlhf.toyworld.splits import SPLIT_SIZES
@@ -241,7 +242,7 @@ def add_parser(subparsers):
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--preset", choices=sorted(PRESETS), default="demo", help="sizes and steps of every stage")
-    p.add_argument("--seed", type=int, default=0, help="seed of the toy world and of every stage")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="seed of the toy world and of every stage")
     p.add_argument("--out", type=Path, default=None,
                    help="run folder (default runs/PRESET-seedN; runs/PRESET-METHOD-seedN for dpo and grpo)")
     p.add_argument("--resume", action="store_true", help="skip finished stages, continue an interrupted one")

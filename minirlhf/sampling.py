@@ -20,10 +20,10 @@ def next_token_probs(logits, temperature=1.0, top_k=None, top_p=None):
             raise MinirlhfError(f"top_k must be >= 1, got {top_k}")
         kth = np.partition(z, -top_k, axis=-1)[:, -top_k][:, None]  # the k-th largest logit
         z = np.where(z < kth, -np.inf, z)
+    if top_p is not None and not 0.0 < top_p <= 1.0:
+        raise MinirlhfError(f"top_p must be in (0, 1], got {top_p}")
     probs, _ = softmax_forward(z)
     if top_p is not None and top_p < 1.0:
-        if not 0.0 < top_p:
-            raise MinirlhfError(f"top_p must be in (0, 1], got {top_p}")
         order = np.argsort(-probs, axis=-1, kind="stable")
         sorted_p = np.take_along_axis(probs, order, axis=-1)
         # Keep the smallest prefix whose mass reaches top_p: a token stays if the mass

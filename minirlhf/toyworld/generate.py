@@ -18,6 +18,7 @@ import numpy as np
 
 from minirlhf.datasets import atomic_write_text, write_jsonl
 from minirlhf.errors import MinirlhfError
+from minirlhf.flags import non_negative_int
 from minirlhf.toyworld.corpus import build_corpus
 from minirlhf.toyworld.curation import article_steps, curate, drop_listed, drop_long
 from minirlhf.toyworld.draws import pick
@@ -196,7 +197,7 @@ def add_parser(subparsers):
         "The same seed always gives byte-identical files; the repository's data/ is seed 0.",
     )
     parser.add_argument("--out", default="data", help="folder to write into (default: data)")
-    parser.add_argument("--seed", type=int, default=DEFAULT_SEED,
+    parser.add_argument("--seed", type=non_negative_int, default=DEFAULT_SEED,
                         help=f"world seed (default: {DEFAULT_SEED})")
     parser.set_defaults(func=run)
 
@@ -204,8 +205,6 @@ def add_parser(subparsers):
 def run(args):
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise MinirlhfError(f"--out {args.out}: exists and is not a folder")
-    if args.seed < 0:
-        raise MinirlhfError(f"--seed {args.seed}: must be 0 or more")
     started = time.perf_counter()
     summary = write_datasets(args.out, args.seed)
     print(format_summary(args.out, summary, time.perf_counter() - started))

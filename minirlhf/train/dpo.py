@@ -28,12 +28,13 @@ import numpy as np
 from minirlhf.checkpoint import load_gpt, save_gpt
 from minirlhf.dpo import dpo_loss
 from minirlhf.errors import MinirlhfError
+from minirlhf.flags import non_negative_int, positive_float, positive_int
 from minirlhf.metrics import MetricsLog, read_metrics
 from minirlhf.plots import plot_metrics
 from minirlhf.reward import load_reward_model
 from minirlhf.sample import resolve_checkpoint
 from minirlhf.toyworld import World
-from minirlhf.train.loop import TrainSettings, add_train_args, positive_int, run_loop, train_settings_from_args
+from minirlhf.train.loop import TrainSettings, add_train_args, run_loop, train_settings_from_args
 from minirlhf.train.reward import (
     SAMPLE_STREAM, TRAIN_STREAM, RewardConfig, collect_rankings, encode_rankings, pack_groups, packed_rankings,
     training_schedule,
@@ -219,16 +220,16 @@ def add_parser(subparsers):
     p.add_argument("--reward", type=Path, default=None, help="a reward model to score the sampled answers with")
     p.add_argument("--data", type=Path, default=Path("data"), help="folder with ppo_prompts.jsonl and world.json")
     p.add_argument("--prompts", type=Path, default=None, help="prompts to sample answers to; default DATA/ppo_prompts.jsonl")
-    p.add_argument("--beta", type=float, default=d.beta, help="strength of the implicit KL to the SFT model")
+    p.add_argument("--beta", type=positive_float, default=d.beta, help="strength of the implicit KL to the SFT model")
     p.add_argument("--epochs", type=positive_int, default=d.epochs, help="passes over the rankings")
     p.add_argument("--shuffle-pairs", action="store_true", help="every comparison its own shuffled example")
     p.add_argument("--max-prompts", type=positive_int, default=None, help="a random subset of this many rankings")
     p.add_argument("--val-fraction", type=float, default=d.val_fraction,
                    help="share of --comparisons held out when there is no held-out file")
-    p.add_argument("--sample-prompts", type=int, default=d.sample_prompts,
+    p.add_argument("--sample-prompts", type=non_negative_int, default=d.sample_prompts,
                    help="prompts answered at each evaluation to measure KL, gold and reward-model score (0: none)")
     p.add_argument("--max-new-tokens", type=positive_int, default=d.max_new_tokens, help="longest sampled answer")
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--seed", type=non_negative_int, default=d.seed)
     add_train_args(p, **asdict(d.train))
     p.epilog = "--batch-size counts prompts (whole rankings) per step; --steps 0 means as many as --epochs take."
     p.set_defaults(func=run)

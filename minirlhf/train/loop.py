@@ -5,7 +5,6 @@ same way everywhere: learning-rate schedule, global-norm clipping, AdamW, a prog
 bar with loss and tokens/s, a metrics.jsonl line per step, periodic evaluation and a
 checkpoint after each, and a clean stop when the loss stops being a number.
 """
-import argparse
 import math
 import time
 from dataclasses import dataclass, fields
@@ -14,6 +13,7 @@ import numpy as np
 from tqdm import tqdm
 
 from minirlhf.errors import MinirlhfError
+from minirlhf.flags import flag_type
 from minirlhf.optim import AdamW, clip_grad_norm, lr_schedule
 
 
@@ -59,7 +59,8 @@ def add_train_args(parser, skip=(), **defaults):
         if f.name in skip:
             continue
         flag = "--" + f.name.replace("_", "-")
-        group.add_argument(flag, dest=f.name, type=type(getattr(base, f.name)), default=getattr(base, f.name), help=helps[f.name])
+        value = getattr(base, f.name)
+        group.add_argument(flag, dest=f.name, type=flag_type(f.name, value), default=value, help=helps[f.name])
 
 
 def train_settings_from_args(args):
@@ -115,10 +116,3 @@ def restore_rng(state):
     rng = np.random.default_rng()
     rng.bit_generator.state = state
     return rng
-
-
-def positive_int(text):
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value

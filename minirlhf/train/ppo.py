@@ -41,6 +41,7 @@ from minirlhf.reward import load_reward_model, scores_forward
 from minirlhf.sample import generate_ids, resolve_checkpoint
 from minirlhf.sequences import pack
 from minirlhf.toyworld import World, gold_score
+from minirlhf.flags import flag_type
 from minirlhf.train.loop import restore_rng, rng_state
 from minirlhf.train.reward import RewardConfig, read_rankings, retrain
 from minirlhf.train.pretrain import sample_windows
@@ -369,7 +370,8 @@ HELP = {
 
 def add_config_args(parser, config_cls, helps, title):
     """A flag for every field of a flat config dataclass (--iterations, --lr, ...), its
-    default the dataclass's; booleans are switches. GRPO's command shares this."""
+    default the dataclass's, its range checked (`flag_type`); booleans are switches. GRPO's command
+    shares this."""
     group = parser.add_argument_group(title)
     defaults = config_cls()
     for f in fields(config_cls):
@@ -378,7 +380,7 @@ def add_config_args(parser, config_cls, helps, title):
         if isinstance(value, bool):
             group.add_argument(flag, dest=f.name, action="store_true", help=helps[f.name])
         else:
-            group.add_argument(flag, dest=f.name, type=type(value), default=value, help=helps[f.name])
+            group.add_argument(flag, dest=f.name, type=flag_type(f.name, value), default=value, help=helps[f.name])
 
 
 def config_from_args(config_cls, args):

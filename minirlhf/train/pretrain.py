@@ -24,6 +24,7 @@ import numpy as np
 from minirlhf.checkpoint import load_checkpoint, save_gpt
 from minirlhf.datasets import load_corpus
 from minirlhf.errors import MinirlhfError
+from minirlhf.flags import non_negative_int, positive_int
 from minirlhf.lstm import LSTMConfig, LSTMLanguageModel
 from minirlhf.metrics import MetricsLog
 from minirlhf.mlm import mask_tokens
@@ -206,9 +207,9 @@ def add_parser(subparsers):
     p.add_argument("--vocab-size", type=int, default=512, help="BPE vocabulary size (ignored for char)")
     add_model_args(p)
     add_train_args(p)
-    p.add_argument("--eval-batches", type=int, default=10, help="batches per loss estimate")
+    p.add_argument("--eval-batches", type=positive_int, default=10, help="batches per loss estimate")
     p.add_argument("--val-fraction", type=float, default=0.1, help="share of the text held out for validation")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--resume", action="store_true", help="continue OUT/checkpoint where it stopped")
     p.set_defaults(func=run)
 

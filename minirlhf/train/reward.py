@@ -34,6 +34,7 @@ from minirlhf.checkpoint import load_gpt
 from minirlhf.datasets import load_comparisons, load_prompts, load_sft, write_jsonl
 from minirlhf.errors import MinirlhfError
 from minirlhf.evaluate import model_responder
+from minirlhf.flags import non_negative_int, positive_int
 from minirlhf.metrics import MetricsLog, read_metrics, series
 from minirlhf.model import ScalarModel
 from minirlhf.plots import plot_metrics, plt
@@ -46,7 +47,7 @@ from minirlhf.sequences import pack
 from minirlhf.toyworld.labeler import HELD_OUT_LABELER, TRAINING_LABELERS, Labeler, gold_score
 from minirlhf.toyworld.tasks import parse_prompt
 from minirlhf.toyworld.world import World
-from minirlhf.train.loop import TrainSettings, add_train_args, positive_int, run_loop, train_settings_from_args
+from minirlhf.train.loop import TrainSettings, add_train_args, run_loop, train_settings_from_args
 
 SAMPLED_PROMPTS = 250  # RM prompts sampled and ranked by default: the stage takes about a minute
 GENERATE_BATCH = 256  # rows sampled together (bounds the KV cache's memory)
@@ -521,7 +522,7 @@ def add_parser(subparsers):
     how.add_argument("--eval-train-prompts", type=positive_int, default=d.eval_train_prompts,
                      help="training rankings re-scored at each evaluation for the training-accuracy curve")
     add_train_args(p, **asdict(d.train))
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--seed", type=non_negative_int, default=d.seed)
     p.epilog = ("--batch-size counts prompts (whole rankings) per step; --steps 0 means as many as --epochs take. "
                 "The checkpoint is written once, after training and the bias shift.")
     p.set_defaults(func=run)

@@ -37,6 +37,7 @@ import numpy as np
 from minirlhf.checkpoint import load_checkpoint, save_gpt
 from minirlhf.datasets import load_corpus, load_sft
 from minirlhf.errors import MinirlhfError
+from minirlhf.flags import non_negative_int
 from minirlhf.metrics import MetricsLog
 from minirlhf.plots import plot_metrics
 from minirlhf.sample import resolve_checkpoint
@@ -273,7 +274,7 @@ def add_parser(subparsers):
     p.add_argument("--ptx-text", type=Path, default=None,
                    help="pretraining text for --ptx-fraction; None: the text the init checkpoint was trained on")
     add_train_args(p, skip=("steps", "eval_every"), **TRAIN_DEFAULTS)
-    p.add_argument("--seed", type=int, default=defaults.seed, help="seeds the validation split, the shuffles and dropout")
+    p.add_argument("--seed", type=non_negative_int, default=defaults.seed, help="seeds the validation split, the shuffles and dropout")
     p.set_defaults(func=run)
 
 
