@@ -5,7 +5,7 @@
 Every stage writes its own folder in the run directory (its checkpoint, metrics.jsonl,
 plots and a summary.json that marks it finished), and the run ends with report.json,
 report.md and a summary table. `--resume` skips the finished stages and continues an
-interrupted pretraining or PPO run from its last checkpoint.
+interrupted pretraining or step 3 (PPO, GRPO or DPO) from its last checkpoint.
 
     runs/demo/
       data/       the toy world, its corpus, demonstrations, prompts, eval sets
@@ -130,9 +130,9 @@ class Pipeline:
         """Step 3 by the chosen method: PPO, GRPO, or DPO on the reward stage's rankings."""
         resume = resume and (self.folder("ppo") / "checkpoint" / "state.json").exists()
         data = self.folder("data")
-        if self.method == "dpo":  # starts over when interrupted: it is the shortest stage
+        if self.method == "dpo":
             return run_dpo(self.folder("sft"), self.folder("ppo"), replace(self.preset.dpo, seed=self.seed),
-                           reward_dir=self.folder("reward"), data_dir=data, progress=self.progress)
+                           reward_dir=self.folder("reward"), data_dir=data, resume=resume, progress=self.progress)
         if self.method == "grpo":
             return run_grpo(self.folder("sft"), self.folder("reward"), self.folder("ppo"),
                             replace(self.preset.grpo, seed=self.seed), data, resume=resume, progress=self.progress)

@@ -128,6 +128,35 @@ def test_dpo_learns_the_rankings_deterministically(sft_ckpt, comparisons, prompt
     assert (a / "dpo.png").stat().st_size > 0
 
 
+def test_an_interrupted_run_resumes_to_the_same_result(sft_ckpt, comparisons, prompts, tmp_path, monkeypatch, capsys):
+    """Ctrl-C at step 8 of 15 (the last checkpoint is step 5's), then --resume: the same
+    metrics and weights as a run that was never stopped."""
+    import minirlhf.train.dpo as dpo_module
+
+    args = ["--comparisons", str(comparisons), "--epochs", "3"]
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    assert main(dpo_args(sft_ckpt, straight, prompts, *args)) == 0
+    real_pack, calls = dpo_module.pack_groups, []
+
+    def ctrl_c_at_step_8(*a, **k):
+        calls.append(1)
+        if len(calls) == 9:
+            raise KeyboardInterrupt
+        return real_pack(*a, **k)
+
+    with monkeypatch.context() as mp:
+        mp.setattr(dpo_module, "pack_groups", ctrl_c_at_step_8)
+        assert main(dpo_args(sft_ckpt, stopped, prompts, *args)) == 130
+    assert load_checkpoint(stopped / "checkpoint", kind="lm").state["step"] == 5
+    assert main(dpo_args(sft_ckpt, stopped, prompts, *args, "--resume")) == 0
+    assert without_timing(read_metrics(stopped / "metrics.jsonl")) == without_timing(read_metrics(straight / "metrics.jsonl"))
+    resumed, whole = (load_checkpoint(d / "checkpoint", kind="lm").params for d in (stopped, straight))
+    assert all(np.array_equal(resumed[k], whole[k]) for k in whole)
+    capsys.readouterr()
+    assert main(dpo_args(sft_ckpt, tmp_path / "never", prompts, *args, "--resume")) == 1
+    assert "checkpoint" in capsys.readouterr().err
+
+
 def test_dpo_from_a_reward_run_uses_its_rankings_and_reward_model(sft_ckpt, comparisons, prompts, tmp_path):
     from minirlhf.model import ScalarModel
     from minirlhf.reward import save_reward_model

@@ -15,7 +15,8 @@ At each evaluation it logs the held-out DPO loss and how often the implicit rewa
 orders held-out answers as the labeler did, and -- to put DPO on PPO's axes -- samples
 answers to --sample-prompts prompts and logs their KL to the SFT model, their gold
 (labeler) score and, when a reward model is at hand (--reward, or the one in
---reward-dir), its score. Writes OUT/checkpoint, OUT/metrics.jsonl, OUT/dpo.png.
+--reward-dir), its score. Writes OUT/checkpoint (at every evaluation), OUT/metrics.jsonl,
+OUT/dpo.png; --resume continues from the checkpoint.
 """
 import argparse
 import math
@@ -25,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from minirlhf.checkpoint import load_gpt, save_gpt
+from minirlhf.checkpoint import load_checkpoint, load_gpt, save_gpt
 from minirlhf.dpo import dpo_loss
 from minirlhf.errors import MinirlhfError
 from minirlhf.flags import non_negative_int, positive_float, positive_int
@@ -115,8 +116,21 @@ PANELS = {
 }
 
 
+def restore(out_dir, policy, optimizer):
+    """Load OUT/checkpoint's policy and optimizer state (saved at an evaluation, so no
+    training statistics are pending); returns the steps it had done. Nothing else needs
+    restoring: the order of the batches follows from the seed, DPO draws no random
+    numbers, and the sampled answers use the same numbers at every evaluation."""
+    ckpt = load_checkpoint(Path(out_dir) / "checkpoint", kind="lm")
+    if ckpt.optimizer is None or ckpt.config.get("stage") != "dpo":
+        raise MinirlhfError(f"{ckpt.path}: not a DPO checkpoint with optimizer state; it cannot be resumed")
+    policy.load_params(ckpt.params)
+    optimizer.load_state_dict(ckpt.optimizer)
+    return int(ckpt.state["step"])
+
+
 def run_dpo(policy_path, out_dir, config=None, reward_dir=None, reward_path=None, data_dir="data", prompts_path=None,
-            progress=True):
+            resume=False, progress=True):
     """Train the policy with DPO on rankings (see dpo_rankings). data_dir holds
     ppo_prompts.jsonl (the sampled prompts, unless prompts_path) and world.json (the
     gold score; skipped if absent). The reward model that scores the samples is
@@ -172,10 +186,12 @@ def run_dpo(policy_path, out_dir, config=None, reward_dir=None, reward_path=None
         save_gpt(out_dir / "checkpoint", policy, tokenizer, optimizer.state_dict(), {"step": done},
                  stage="dpo", dpo=asdict(config))
 
-    with MetricsLog(out_dir / "metrics.jsonl") as metrics:
-        metrics.log(step=0, **eval_fn())  # the SFT model: loss log 2, accuracy one half
-        run_loop(settings, optimizer, step_fn, start_step=0, eval_fn=eval_fn, save_fn=save_fn, metrics=metrics,
-                 desc="dpo", progress=progress)
+    start_step = restore(out_dir, policy, optimizer) if resume else 0
+    with MetricsLog(out_dir / "metrics.jsonl", resume_after_step=start_step if resume else None) as metrics:
+        if not resume:
+            metrics.log(step=0, **eval_fn())  # the SFT model: loss log 2, accuracy one half
+        run_loop(settings, optimizer, step_fn, start_step=start_step, eval_fn=eval_fn, save_fn=save_fn,
+                 metrics=metrics, desc="dpo", progress=progress)
     plot_metrics(out_dir / "metrics.jsonl", out_dir / "dpo.png", PANELS, title=f"DPO (beta {config.beta})")
     evals = [r for r in read_metrics(out_dir / "metrics.jsonl") if "val_loss" in r]
     first, last = evals[0], evals[-1]
@@ -230,6 +246,7 @@ def add_parser(subparsers):
                    help="prompts answered at each evaluation to measure KL, gold and reward-model score (0: none)")
     p.add_argument("--max-new-tokens", type=positive_int, default=d.max_new_tokens, help="longest sampled answer")
     p.add_argument("--seed", type=non_negative_int, default=d.seed)
+    p.add_argument("--resume", action="store_true", help="continue OUT where it stopped (its last checkpoint)")
     add_train_args(p, **asdict(d.train))
     p.epilog = "--batch-size counts prompts (whole rankings) per step; --steps 0 means as many as --epochs take."
     p.set_defaults(func=run)
@@ -240,7 +257,7 @@ def run(args):
                        max_prompts=args.max_prompts, val_fraction=args.val_fraction, beta=args.beta, epochs=args.epochs,
                        shuffle_pairs=args.shuffle_pairs, sample_prompts=args.sample_prompts,
                        max_new_tokens=args.max_new_tokens, train=train_settings_from_args(args), seed=args.seed)
-    s = run_dpo(args.policy, args.out, config, args.reward_dir, args.reward, args.data, args.prompts)
+    s = run_dpo(args.policy, args.out, config, args.reward_dir, args.reward, args.data, args.prompts, args.resume)
     print(f"held-out DPO loss {s['val_loss_start']:.4f} -> {s['val_loss_end']:.4f}, implicit-reward accuracy "
           f"{s['val_reward_accuracy']:.1%} ({s['val_prompts']} prompts); sampled answers: {describe_samples(s)}; "
           f"{s['steps']} steps in {s['wall_seconds']:.0f} s")
