@@ -285,8 +285,7 @@ class GPT:
         Prompts of different lengths need no padding: every row starts at position 0,
         and while a row is still inside its prompt, its next token is the prompt's
         own (the sampled one is discarded). A row stops at `stop_id` (included in its
-        output), after max_new_tokens, or at the context limit; stopped rows drop out
-        of the batch as it goes.
+        output), after max_new_tokens, or at the context limit.
 
         Returns (responses, finished): B lists of new token ids, and B bools, True
         where the row produced `stop_id`.
@@ -308,9 +307,8 @@ class GPT:
         logits = self.cached_logits(tokens[:, :start], 0, kv)[:, -1]  # (B, V)
         done = np.zeros(B, dtype=bool)
         finished = np.zeros(B, dtype=bool)
-        rows = np.arange(B)  # the rows still fed through the model (and kept in kv)
         for pos in range(start, tokens.shape[1]):
-            sampled = sample_next(logits, rng, temperature, top_k, top_p)  # (B,): one draw per row, done or not
+            sampled = sample_next(logits, rng, temperature, top_k, top_p)  # (B,)
             generating = (pos >= lens) & ~done
             tokens[:, pos] = np.where(generating, sampled, np.where(pos < lens, tokens[:, pos], 0))
             if stop_id is not None:
@@ -320,17 +318,7 @@ class GPT:
             done |= pos + 1 >= ends
             if done.all():
                 break
-            if (~done).sum() <= 3 * len(rows) // 4:
-                # A quarter of the rows fed are done: stop feeding them (most answers
-                # end long before a batch's last step; copying the cache more often than
-                # this cost more than it saved). Their logits stay as they were: the
-                # draws for them are still made, to keep the generator's stream, and
-                # ignored. Each row is computed alone, so the others' leaving changes
-                # nothing for it.
-                keep = ~done[rows]
-                rows = rows[keep]
-                kv = [(k[keep], v[keep]) for k, v in kv]
-            logits[rows] = self.cached_logits(tokens[rows, pos : pos + 1], pos, kv)[:, -1]
+            logits = self.cached_logits(tokens[:, pos : pos + 1], pos, kv)[:, -1]
         responses = []
         for b in range(B):
             row = tokens[b, lens[b] : ends[b]].tolist()

@@ -121,21 +121,6 @@ def test_generate_stops_at_stop_token_and_is_deterministic():
         assert (r[-1] == 0 and 0 not in r[:-1]) if f else (0 not in r and len(r) == 30)
 
 
-def test_a_rows_answer_does_not_depend_on_when_the_others_stop():
-    """Each row draws its own uniform at every step, and rows that have stopped are no
-    longer fed through the model (generate drops them once they are half the batch).
-    So with stop_id, each answer is the answer without stop_id, cut after its first
-    stop token: rows leaving the batch change nothing for the rows left."""
-    cfg = GPTConfig(vocab_size=5, block_size=40, n_layer=2, n_head=2, n_embd=8)
-    model = perturbed_model(cfg, seed=3)
-    prompts = [[1], [2, 3], [4, 4, 4], [3, 1, 2, 2]] * 6
-    stopped, finished = model.generate(prompts, 30, np.random.default_rng(5), stop_id=0)
-    running, _ = model.generate(prompts, 30, np.random.default_rng(5))
-    assert sum(finished) > len(prompts) // 2 and min(len(r) for r in stopped) < 5  # the batch did shrink
-    for got, full, f in zip(stopped, running, finished):
-        assert got == (full[: full.index(0) + 1] if f else full)
-
-
 def test_generate_respects_context_limit():
     cfg = GPTConfig(vocab_size=5, block_size=8, n_layer=1, n_head=1, n_embd=4)
     model = GPT(cfg, seed=0)
