@@ -517,8 +517,12 @@ def best_of_models(spec, models, reward_path, world, max_new_tokens, temperature
         rm = load_reward_model(resolve_checkpoint(reward_path), tokenizer)[0]
         raters.append(("rm", reward_rater(rm, tokenizer), f"the reward model {reward_path}"))
     raters.append(("gold", gold_rater(world), "the gold score"))
-    rows = {f"{name}-best{k}-{by}": best_of_responder(respond, k, rate) for by, rate, _ in raters}
-    return rows, {f"{name}-best{k}-{by}": f"the best of {k} samples of {name} by {what}" for by, _, what in raters}
+    rows, about = {}, {}
+    for by, rate, what in raters:
+        row = f"{name}-best{k}-{by}"
+        rows[row] = best_of_responder(respond, k, rate)
+        about[row] = f"the best of {k} samples of {name} by {what}"
+    return rows, about
 
 
 def find_metrics(path):

@@ -33,6 +33,7 @@ from minirlhf import ppo
 from minirlhf.checkpoint import load_checkpoint, load_gpt, save_checkpoint, save_gpt
 from minirlhf.datasets import load_corpus, load_prompts, load_sft
 from minirlhf.errors import MinirlhfError
+from minirlhf.flags import flag_type
 from minirlhf.metrics import MetricsLog, read_metrics
 from minirlhf.model import ScalarModel
 from minirlhf.optim import AdamW
@@ -41,7 +42,6 @@ from minirlhf.reward import load_reward_model, scores_forward
 from minirlhf.sample import generate_ids, resolve_checkpoint
 from minirlhf.sequences import pack
 from minirlhf.toyworld import World, gold_score
-from minirlhf.flags import flag_type
 from minirlhf.train.loop import restore_rng, rng_state
 from minirlhf.train.reward import RewardConfig, read_rankings, retrain
 from minirlhf.train.pretrain import sample_windows
@@ -179,8 +179,6 @@ class PPOTrainer:
     def gold(self, prompts, response_ids, finished):
         """(B,) gold (labeler) score of each response: the truth the RM only estimates.
         None when the prompts are not the toy world's (the labeler cannot read them)."""
-        if self.world is None and not self.config.gold_reward:
-            return None
         score = gold_scores(self.world, self.tokenizer, prompts, response_ids, finished)
         if score is None:
             if self.config.gold_reward:
