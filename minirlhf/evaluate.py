@@ -255,6 +255,22 @@ def win_rate(labeler, prompts, answers_a, answers_b, rng):
     return proportion(wins)
 
 
+def gold_comparison(judged_a, judged_b):
+    """How A's answers compare with B's by the noiseless gold score, prompt by prompt:
+    the shares of prompts where A's is better, equally good and worse, and the win rate
+    the gold score alone gives, (better + equal / 2), ties split evenly. Set beside the
+    labeler's win rate, it shows how much of that is the labeler's noise and taste, and
+    how often the two answers are equally good (often the very same words), so that
+    only the noise separates them: a win rate of 70% needs A better on 40% of the
+    prompts more than it is worse."""
+    diff = np.array([a.score - b.score for a, b in zip(judged_a, judged_b)])
+    # Equal penalties give equal scores; the tolerance only absorbs the rounding of two
+    # sums of the same terms.
+    better, equal, worse = (float(np.mean(x)) for x in (diff > 1e-9, abs(diff) <= 1e-9, diff < -1e-9))
+    return {"better": better, "equal": equal, "worse": worse, "noiseless_win_rate": better + equal / 2,
+            "n": len(diff)}
+
+
 def pairs_later_first(names):
     """Every pair (later, earlier) of `names`: base, sft, ppo -> (ppo, sft), (ppo, base),
     (sft, base) -- so each key reads "newer model vs older model"."""
@@ -278,7 +294,8 @@ def evaluate_models(models, world, eval_sets, rng, labeler_id=HELD_OUT_LABELER, 
     finished, gold_score, correct, truthful, toxic).
 
     Returns {"win_rate": {"later_vs_earlier": {"value", "ci95", "n"}} for every pair
-    (base, sft, ppo -> ppo_vs_sft, ppo_vs_base, sft_vs_base); "truthfulness", "gold_score": {model: number}; "toxicity": {condition:
+    (base, sft, ppo -> ppo_vs_sft, ppo_vs_base, sft_vs_base); "by_gold": the same pairs
+    compared by the gold score (`gold_comparison`); "truthfulness", "gold_score": {model: number}; "toxicity": {condition:
     {model: rate}}; "details": every figure per model (and the reference);
     "vs_demonstrations": each model's win rate over the ideal answers; "settings"}.
     """
@@ -304,6 +321,8 @@ def evaluate_models(models, world, eval_sets, rng, labeler_id=HELD_OUT_LABELER, 
     result = {
         "win_rate": {f"{a}_vs_{b}": win_rate(labeler, prompts, helpful[a], helpful[b], rng)
                      for a, b in pairs_later_first(names)},
+        "by_gold": {f"{a}_vs_{b}": gold_comparison(judged[a]["helpfulness"], judged[b]["helpfulness"])
+                    for a, b in pairs_later_first(names)},
         "truthfulness": {n: details[n]["truthfulness"]["truthful"]["value"] for n in names},
         "toxicity": {c: {n: details[n]["toxicity"][c]["value"] for n in names} for c in CONDITIONS},
         "gold_score": {n: details[n]["helpfulness"]["gold_score"]["mean"] for n in names},
@@ -383,12 +402,22 @@ def summary_rows(result):
     return ["", *names], table
 
 
+def _gold_cells(g):
+    if g is None:  # (a report from before by_gold was added)
+        return "-"
+    better, equal, worse, noiseless = (f"{100 * g[k]:.1f}%" for k in ("better", "equal", "worse", "noiseless_win_rate"))
+    return f"{better} / {equal} / {worse} ({noiseless})"
+
+
 def summary_markdown(result):
     """The win-rate table and the per-model table, as Markdown (also what the CLI prints)."""
-    wins = [[key.replace("_vs_", " vs "), _pct_ci(p), p["n"]] for key, p in result["win_rate"].items()]
+    by_gold = result.get("by_gold", {})
+    wins = [[key.replace("_vs_", " vs "), _pct_ci(p), _gold_cells(by_gold.get(key)), p["n"]]
+            for key, p in result["win_rate"].items()]
     parts = []
     if wins:
-        parts.append(_table(["helpfulness", "win rate [95% CI]", "prompts"], wins))
+        parts.append(_table(["helpfulness", "win rate [95% CI]",
+                             "by gold score: better / equal / worse (win rate)", "prompts"], wins))
     parts.append(_table(*summary_rows(result)))
     return "\n\n".join(parts)
 

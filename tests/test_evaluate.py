@@ -15,8 +15,8 @@ from minirlhf.datasets import load_prompts, write_jsonl
 from minirlhf.errors import MinirlhfError
 from minirlhf.eval_plots import plot_overoptimization
 from minirlhf.evaluate import (
-    EVAL_FILES, best_of_responder, demonstration_responder, evaluate_models, gold_rater, load_eval_sets,
-    model_responder, wilson_interval, write_report,
+    EVAL_FILES, best_of_responder, demonstration_responder, evaluate_models, gold_comparison, gold_rater,
+    judge_answers, load_eval_sets, model_responder, wilson_interval, write_report,
 )
 from minirlhf.model import GPT, GPTConfig, ScalarModel
 from minirlhf.reward import save_reward_model
@@ -114,6 +114,41 @@ def test_win_rate_orientation_follows_the_order_given(toy, rng):
     assert list(result["win_rate"]) == ["chatter_vs_ideal"]
     assert result["win_rate"]["chatter_vs_ideal"]["value"] < 0.1
     assert "vs_demonstrations" not in result and "demonstrations" not in result["details"]
+
+
+def test_by_gold_counts_better_equal_and_worse_prompt_by_prompt(toy, rng):
+    """The shares come from comparing the two models' gold scores prompt by prompt,
+    computed here independently with gold_score; the same answers tie."""
+    world, sets = toy
+    models = {"sft": sampled(world), "ppo": sampled(world), "copy": sampled(world)}
+    result = evaluate_models(models, world, sets, np.random.default_rng(5))
+    answers = {name: sampled(world) for name in models}  # replay the same draws: same rng, same order
+    replay = np.random.default_rng(5)
+    prompts = [r["prompt"] for records in sets.values() for r in records]
+    n_help = len(sets["helpfulness"])
+    scores = {name: [gold_score(world, p, text, fin) for p, (text, fin) in zip(prompts, answers[name](prompts, replay))][:n_help]
+              for name in models}
+    for a, b in (("ppo", "sft"), ("copy", "sft"), ("copy", "ppo")):
+        g = result["by_gold"][f"{a}_vs_{b}"]
+        diff = np.array(scores[a]) - np.array(scores[b])
+        assert g["n"] == n_help
+        assert g["better"] == pytest.approx(np.mean(diff > 1e-9)) and g["worse"] == pytest.approx(np.mean(diff < -1e-9))
+        assert g["better"] + g["equal"] + g["worse"] == pytest.approx(1.0)
+        assert g["noiseless_win_rate"] == pytest.approx(g["better"] + g["equal"] / 2)
+        assert 0 < g["better"] < 1 and 0 < g["worse"] < 1 and 0 < g["equal"] < 1  # a mixed comparison
+    assert list(result["by_gold"]) == list(result["win_rate"])
+
+
+def test_gold_comparison_of_ideal_answers_against_chatter_and_themselves(toy, rng):
+    world, sets = toy
+    ideal = judge_answers(world, sets, {k: demonstration_responder(world, 0)([r["prompt"] for r in v], rng)
+                                        for k, v in sets.items()})["helpfulness"]
+    chat = judge_answers(world, sets, {k: chatter(v, rng) for k, v in sets.items()})["helpfulness"]
+    assert gold_comparison(ideal, chat) == {"better": 1.0, "equal": 0.0, "worse": 0.0, "noiseless_win_rate": 1.0,
+                                            "n": len(ideal)}
+    assert gold_comparison(chat, ideal)["noiseless_win_rate"] == 0.0
+    same = gold_comparison(ideal, ideal)
+    assert same["equal"] == 1.0 and same["noiseless_win_rate"] == 0.5
 
 
 def test_truthfulness_counts_truthful_false_and_rumours(toy, rng):
@@ -234,6 +269,9 @@ def test_report_files_have_the_required_keys(toy, rng, tmp_path):
             assert p.read_bytes()[:4] == PNG
     md = (tmp_path / "out" / "report.md").read_text()
     assert "| ppo vs sft |" in md and "![overoptimization_ppo](overoptimization_ppo.png)" in md
+    g = ev["by_gold"]["ppo_vs_sft"]
+    assert f"{100 * g['better']:.1f}% / {100 * g['equal']:.1f}% / {100 * g['worse']:.1f}% " \
+           f"({100 * g['noiseless_win_rate']:.1f}%)" in md
     assert "| sort |" in md and "*demonstrations*" in md
 
 
