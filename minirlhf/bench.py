@@ -36,6 +36,7 @@ import numpy as np
 
 from minirlhf import backend
 from minirlhf.errors import MinirlhfError
+from minirlhf.flags import non_negative_float, non_negative_int, positive_int
 
 # The benchmark presets: model size plus vocabulary and batch.
 BENCH_PRESETS = {
@@ -487,14 +488,14 @@ def add_parser(subparsers):
     p.add_argument("--preset", choices=list(BENCH_PRESETS), action="append", help="preset(s) to run (default: all)")
     p.add_argument("--backend", choices=["numpy", "numba"], action="append", help="backend(s) to run (default: both)")
     p.add_argument("--compare", choices=["torch"], help="race our numba backend against the same model in PyTorch")
-    p.add_argument("--rounds", type=int, default=3, help="with --compare: alternating rounds per preset; with "
+    p.add_argument("--rounds", type=positive_int, default=3, help="with --compare: alternating rounds per preset; with "
                    "--ops: alternating rounds (NumPy, then Numba) per op")  # fmt: skip
-    p.add_argument("--threads", type=int, default=2, help="threads for both sides (0: each library's default)")
+    p.add_argument("--threads", type=non_negative_int, default=2, help="threads for both sides (0: each library's default)")
     p.add_argument("--startup", action="store_true", help="also time a fresh process's first training step, "
                    "with a cold and a warm Numba cache")  # fmt: skip
     p.add_argument("--ops", action="store_true", help="instead: each hot op's forward + backward, the NumPy "
                    f"reference against the Numba kernel, at T = {OPS_SHAPE['T']}")  # fmt: skip
-    p.add_argument("--min-seconds", type=float, default=2.0, help="time each measurement for at least this long "
+    p.add_argument("--min-seconds", type=non_negative_float, default=2.0, help="time each measurement for at least this long "
                    "(with --ops: each side of each op, over all its rounds)")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=run)
@@ -502,8 +503,6 @@ def add_parser(subparsers):
 
 def run(args):
     presets = args.preset or list(BENCH_PRESETS)
-    if args.rounds < 1 or args.threads < 0 or args.min_seconds < 0:
-        raise MinirlhfError("--rounds must be >= 1, --threads and --min-seconds >= 0")
     if args.ops:
         results = measure_ops(args.min_seconds, rounds=args.rounds)
         print(json.dumps(results, indent=2) if args.json else format_ops(results))

@@ -4,8 +4,10 @@ Each stage's module owns its subcommand: it defines `add_parser(subparsers)`, wh
 a parser and sets `func` to the function that runs it. This file only collects them, so
 the command line and the code that does the work never drift apart.
 
-Errors the user can fix (`MinirlhfError`) are printed as one line and exit with code 1;
-Ctrl-C exits with 130. Anything else is a bug and keeps its traceback.
+Errors the user can fix are printed as one line and exit with code 1: `MinirlhfError`, and
+the operating system's refusals (`OSError`: --out names an existing file, a folder is not
+writable, a path runs through a file), which name the path themselves. Ctrl-C exits with
+130. Anything else is a bug and keeps its traceback.
 """
 import argparse
 import importlib
@@ -47,6 +49,12 @@ def build_parser():
     return parser
 
 
+def os_error_text(error):
+    """The OS's reason and the path: `File exists: runs/afile`, not `[Errno 17] File exists: 'runs/afile'`."""
+    paths = [str(p) for p in (error.filename, error.filename2) if p is not None]
+    return ": ".join([error.strerror or str(error)] + paths)
+
+
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -57,6 +65,9 @@ def main(argv=None):
         args.func(args)
     except MinirlhfError as e:
         print(f"minirlhf {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"minirlhf {args.command}: error: {os_error_text(e)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"\nminirlhf {args.command}: interrupted", file=sys.stderr)

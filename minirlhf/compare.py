@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from minirlhf.datasets import json_type
 from minirlhf.errors import MinirlhfError
 
 COLUMNS = ("run", "method", "seed", "RLHF vs SFT", "RLHF vs base", "SFT vs base", "truthful base/SFT/RLHF",
@@ -19,19 +20,83 @@ COLUMNS = ("run", "method", "seed", "RLHF vs SFT", "RLHF vs base", "SFT vs base"
            "RLHF minutes", "total minutes")
 
 
+NUMBER = (int, float)
+_KINDS = {dict: "an object", list: "a list", str: "a string", NUMBER: "a number"}
+
+
 def read_report(run):
+    """RUN/report.json, checked to hold every figure the table reads (see check_report)."""
     path = Path(run) / "report.json"
     if not path.is_file():
         raise MinirlhfError(f"{path}: no such file (is {run} a finished pipeline run?)")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise MinirlhfError(f"{path}: not UTF-8 text (bad byte at offset {e.start})") from None
+    except (json.JSONDecodeError, RecursionError) as e:
         raise MinirlhfError(f"{path}: not valid JSON ({e})") from None
+    check_report(path, report)
+    return report
+
+
+def _field(report, path, keys, kind):
+    """report[keys[0]][keys[1]]..., which must be of `kind`; an error names the file and the
+    first key that is missing or of the wrong type ("eval.win_rate.ppo_vs_sft.value")."""
+    value = report
+    for depth, key in enumerate(keys, start=1):
+        dotted = ".".join(keys[:depth])
+        if key not in value:
+            raise MinirlhfError(f"{path}: no '{dotted}' (a pipeline report has it; is this a finished pipeline run?)")
+        value, want = value[key], kind if depth == len(keys) else dict
+        if not isinstance(value, want) or isinstance(value, bool):
+            raise MinirlhfError(f"{path}: '{dotted}' must be {_KINDS[want]}, got {json_type(value)}")
+    return value
+
+
+def _win_rate_names(step3):
+    """The three pairs of the table's win-rate columns, in COLUMNS' order."""
+    return (f"{step3}_vs_sft", f"{step3}_vs_base", "sft_vs_base")
+
+
+def check_report(path, report):
+    """Refuse, naming the file and the key, a report.json that is not a finished pipeline's:
+    the table reads its figures without further checks."""
+    if not isinstance(report, dict):
+        raise MinirlhfError(f"{path}: not a pipeline report (a JSON object), got {json_type(report)}")
+    if set(report) == {"eval"}:
+        raise MinirlhfError(f"{path}: this is a `minirlhf eval` report; compare reads the pipeline's report.json "
+                            "in the run folder")
+    win_rate = _field(report, path, ("eval", "win_rate"), dict)
+    step3 = _step3(report)
+    if step3 is None:
+        raise MinirlhfError(f"{path}: 'eval.win_rate' must compare one RLHF model with sft and base "
+                            f"(ppo_vs_sft, ppo_vs_base, sft_vs_base), got {sorted(win_rate) or 'nothing'}")
+    for name in _win_rate_names(step3):
+        _field(report, path, ("eval", "win_rate", name, "value"), NUMBER)
+        ci95 = _field(report, path, ("eval", "win_rate", name, "ci95"), list)
+        if len(ci95) != 2 or not all(isinstance(v, NUMBER) and not isinstance(v, bool) for v in ci95):
+            raise MinirlhfError(f"{path}: 'eval.win_rate.{name}.ci95' must be two numbers, got {ci95!r}")
+    for group in (("truthfulness",), ("toxicity", "respectful"), ("gold_score",)):
+        for model in ("base", "sft", step3):
+            _field(report, path, ("eval", *group, model), NUMBER)
+    for keys in (("ppo", "kl_final"), ("wall_seconds", "ppo"), ("wall_seconds", "total"), ("reward", "val_accuracy")):
+        _field(report, path, keys, NUMBER)
+    if "method" in report["ppo"]:
+        _field(report, path, ("ppo", "method"), str)
+    if report["reward"].get("labeler_agreement") is not None:
+        _field(report, path, ("reward", "labeler_agreement"), NUMBER)
 
 
 def _step3(report):
-    """The name the step-3 model has in the evaluation (ppo, dpo or grpo)."""
-    return next(iter(report["eval"]["win_rate"])).split("_vs_")[0]
+    """The name the step-3 model has in the evaluation (ppo, dpo or grpo): the one model
+    other than sft that comes first in a win-rate pair ("ppo_vs_sft"); None if not one."""
+    names = {pair.split("_vs_")[0] for pair in report["eval"]["win_rate"]} - {"sft"}
+    return names.pop() if len(names) == 1 else None
+
+
+def _win_rates(report):
+    """The win-rate entries of the table's columns (RLHF vs SFT, RLHF vs base, SFT vs base)."""
+    return [report["eval"]["win_rate"][name] for name in _win_rate_names(_step3(report))]
 
 
 def _win(wr):
@@ -70,14 +135,14 @@ def _tail(f):
 def row(run, report):
     f = figures(report)
     return [Path(run).name, report["ppo"].get("method", _step3(report)), str(report.get("seed", "")),
-            *(_win(w) for w in report["eval"]["win_rate"].values()),
+            *(_win(w) for w in _win_rates(report)),
             *_cells(f), _rm_accuracy(report["reward"]), *_tail(f)]
 
 
 def mean_row(reports):
     all_figures = [figures(r) for r in reports]
     mean = {key: np.mean([f[key] for f in all_figures], axis=0) for key in all_figures[0]}
-    wins = np.mean([[w["value"] for w in r["eval"]["win_rate"].values()] for r in reports], axis=0)
+    wins = np.mean([[w["value"] for w in _win_rates(r)] for r in reports], axis=0)
     return ["mean", "", "", *(f"{w:.0%}" for w in wins), *_cells(mean),
             f"{np.mean([r['reward']['val_accuracy'] for r in reports]):.0%}", *_tail(mean)]
 

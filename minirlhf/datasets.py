@@ -91,16 +91,19 @@ def _numbered_records(path):
         except json.JSONDecodeError as e:
             raise MinirlhfError(
                 f"{path}:{number}: invalid JSON: {e.msg} (column {e.colno})") from None
+        except RecursionError:  # json parses nested lists by recursion: "[[[[..." runs out of stack
+            raise MinirlhfError(f"{path}:{number}: invalid JSON: nested too deeply") from None
         if not isinstance(record, dict):
             raise MinirlhfError(
-                f"{path}:{number}: expected a JSON object, got {_json_type(record)}")
+                f"{path}:{number}: expected a JSON object, got {json_type(record)}")
         records.append((number, record))
     if not records:
         raise MinirlhfError(f"{path}: no records (the file is empty)")
     return records
 
 
-def _json_type(value):
+def json_type(value):
+    """How an error names the type of a parsed JSON value: "a list", "null", ..."""
     names = {dict: "an object", list: "a list", str: "a string", bool: "true/false",
              type(None): "null", int: "a number", float: "a number"}
     return names[type(value)]
@@ -123,7 +126,7 @@ def _string_problem(record, key):
     if key not in record:
         return f"missing key {key!r} (keys: {', '.join(sorted(record)) or 'none'})"
     if not isinstance(record[key], str):
-        return f"{key!r} must be a string, got {_json_type(record[key])}"
+        return f"{key!r} must be a string, got {json_type(record[key])}"
     return None
 
 

@@ -42,7 +42,7 @@ from minirlhf import eval_plots
 from minirlhf.checkpoint import load_gpt
 from minirlhf.datasets import atomic_write_text, load_prompts, write_jsonl
 from minirlhf.errors import MinirlhfError
-from minirlhf.flags import non_negative_int, positive_int
+from minirlhf.flags import non_negative_int, positive_float, positive_int
 from minirlhf.sample import complete, resolve_checkpoint
 from minirlhf.reward import load_reward_model, score_texts
 from minirlhf.toyworld.labeler import HELD_OUT_LABELER, Labeler, gold_score, judge
@@ -580,7 +580,7 @@ def add_parser(subparsers):
     p.add_argument("--data", type=Path, default=Path("data"),
                    help="folder with world.json and eval_helpfulness/truthfulness/harmlessness.jsonl")
     p.add_argument("--labeler", type=non_negative_int, default=HELD_OUT_LABELER, help="id of the judging labeler (held out: 4)")
-    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (PPO samples at 1)")
+    p.add_argument("--temperature", type=positive_float, default=1.0, help="sampling temperature (PPO samples at 1)")
     p.add_argument("--max-new-tokens", type=positive_int, default=MAX_NEW_TOKENS, help="answers longer than this are cut off")
     p.add_argument("--batch-size", type=positive_int, default=256, help="prompts generated together")
     p.add_argument("--best-of", metavar="NAME:K",

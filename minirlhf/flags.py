@@ -1,6 +1,9 @@
 """argparse types that refuse a value out of range with a one-line error (exit 2), before
-anything runs: a zero minibatch, a negative learning rate, a discount above 1."""
+anything runs: a zero minibatch, a negative learning rate, a discount above 1, or a float
+that is not a number at all (nan, inf: `--temperature nan` would sample garbage, and
+`--min-seconds inf` would time forever)."""
 import argparse
+import math
 
 
 def _checked(convert, ok, what):
@@ -14,12 +17,24 @@ def _checked(convert, ok, what):
     return parse
 
 
+def finite_float(text):
+    """float(text), refusing nan and +-inf: no flag of ours means anything at infinity, and
+    NaN would poison every number it touches (or slip past a check written as `not v < 0`)."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value
+
+
 positive_int = _checked(int, lambda v: v >= 1, "a positive integer")
 non_negative_int = _checked(int, lambda v: v >= 0, "0 or more")
-positive_float = _checked(float, lambda v: v > 0, "positive")
-non_negative_float = _checked(float, lambda v: v >= 0, "0 or more")
-unit_float = _checked(float, lambda v: 0 <= v <= 1, "between 0 and 1")
-adam_beta = _checked(float, lambda v: 0 <= v < 1, "at least 0 and below 1")
+positive_float = _checked(finite_float, lambda v: v > 0, "positive")
+non_negative_float = _checked(finite_float, lambda v: v >= 0, "0 or more")
+unit_float = _checked(finite_float, lambda v: 0 <= v <= 1, "between 0 and 1")
+top_p_float = _checked(finite_float, lambda v: 0 < v <= 1, "above 0 and at most 1")
+# --val-fraction: a held-out share; 0 leaves nothing to validate on, 1 nothing to train on.
+share = _checked(finite_float, lambda v: 0 < v < 1, "strictly between 0 and 1")
+adam_beta = _checked(finite_float, lambda v: 0 <= v < 1, "at least 0 and below 1")
 # Float fields that must be positive or in an interval; every other float must be >= 0.
 _FLOAT_TYPES = {"lr": positive_float, "value_lr": positive_float, "temperature": positive_float,
                 "kl_target": positive_float, "gamma": unit_float, "lam": unit_float, "beta1": adam_beta,

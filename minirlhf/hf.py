@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from minirlhf.checkpoint import load_checkpoint, save_gpt
+from minirlhf.checkpoint import holds_checkpoint, load_checkpoint, save_gpt
 from minirlhf.errors import MinirlhfError
 from minirlhf.model import GPT, GPTConfig
 from minirlhf.sample import resolve_checkpoint
@@ -95,8 +95,7 @@ def export_hf(ckpt_path, hf_dir):
         raise MinirlhfError(f"{ckpt.path}: is an {ckpt.arch.upper()} checkpoint; only a GPT has a GPT-2 equivalent to export to")
     model = ckpt.gpt()
     hf_dir = Path(hf_dir)
-    if hf_dir.exists() and not hf_dir.is_dir():
-        raise MinirlhfError(f"{hf_dir}: exists and is not a directory")
+    _check_export_target(hf_dir)
     hf_dir.mkdir(parents=True, exist_ok=True)
     tensors = {PREFIX + name: np.ascontiguousarray(value) for name, value in model.params.items()}
     files = {
@@ -109,6 +108,21 @@ def export_hf(ckpt_path, hf_dir):
         write(tmp)
         os.replace(tmp, hf_dir / name)  # a file is either the old one or the new one, never half
     return [hf_dir / name for name in files]
+
+
+def _check_export_target(hf_dir):
+    """Export overwrites config.json and friends in `hf_dir`: allowed into a new or empty
+    directory, or over a previous export (it holds our minirlhf_tokenizer.json). Never
+    into a checkpoint, whose config.json it would replace, nor into someone else's files."""
+    if hf_dir.exists() and not hf_dir.is_dir():
+        raise MinirlhfError(f"{hf_dir}: exists and is not a directory")
+    if not hf_dir.exists():
+        return
+    if holds_checkpoint(hf_dir):
+        raise MinirlhfError(f"{hf_dir}: holds a minirlhf checkpoint, which the export would overwrite; choose another --hf")
+    if any(hf_dir.iterdir()) and not (hf_dir / TOKENIZER).is_file():
+        raise MinirlhfError(f"{hf_dir}: exists and is not empty nor a previous `minirlhf export` (no {TOKENIZER}); "
+                            "choose another --hf or remove it")
 
 
 def _write_json(path, obj):

@@ -48,7 +48,7 @@ from pathlib import Path
 import numpy as np
 
 from minirlhf.errors import MinirlhfError
-from minirlhf.flags import non_negative_int
+from minirlhf.flags import non_negative_float, non_negative_int, unit_float
 from minirlhf.lstm import LSTMLanguageModel, matched_lstm_config
 from minirlhf.metrics import MetricsLog
 from minirlhf.model import GPT, GPTConfig
@@ -345,13 +345,13 @@ def add_parser(subparsers):
     p.add_argument("--out", type=Path, required=True, help="directory to write")
     p.add_argument("--distances", type=distance_list, default=defaults.distances, help="distances to measure, e.g. 8,32,96")
     p.add_argument("--max-distance", type=int, default=defaults.max_distance, help="longest training distance")
-    p.add_argument("--prior", type=float, default=defaults.prior, help="how often a statement agrees with its activity's usual verb")
+    p.add_argument("--prior", type=unit_float, default=defaults.prior, help="how often a statement agrees with its activity's usual verb")
     p.add_argument("--n-facts", type=int, default=defaults.n_facts, help="statements per sequence (about different people)")
     p.add_argument("--lm-loss", action="store_true", help="train on every next token, not only the decisive word")
     for name, value in defaults.gpt.items():
         p.add_argument("--" + name.replace("_", "-"), dest=name, type=int, default=value, help=f"the GPT's {name}")
     p.add_argument("--lstm-layers", type=int, default=defaults.lstm_layers, help="LSTM layers (its hidden size is chosen to match the GPT's parameters)")
-    p.add_argument("--lstm-lr", type=float, default=defaults.lstm_lr, help="the LSTM's peak lr (min lr scaled alike); 0: --lr")
+    p.add_argument("--lstm-lr", type=non_negative_float, default=defaults.lstm_lr, help="the LSTM's peak lr (min lr scaled alike); 0: --lr")
     add_train_args(p, **asdict(defaults.train))
     p.add_argument("--eval-size", type=int, default=defaults.eval_size, help="sequences per distance in the measurement")
     p.add_argument("--seed", type=non_negative_int, default=0)

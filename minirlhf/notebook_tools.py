@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from minirlhf.errors import MinirlhfError
+from minirlhf.flags import non_negative_int
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 CELL_TIMEOUT = 300  # seconds one cell may run before the notebook counts as failed
@@ -32,7 +33,12 @@ def find_notebooks(paths=None):
     found = []
     for path in map(Path, paths or [NOTEBOOKS]):
         if path.is_dir():
-            found += [p for p in path.rglob("*.ipynb") if ".ipynb_checkpoints" not in p.parts]
+            inside = [p for p in path.rglob("*.ipynb") if ".ipynb_checkpoints" not in p.parts]
+            if not inside:  # a typo in the folder would otherwise "succeed" at doing nothing
+                raise MinirlhfError(f"{path}: no notebooks (.ipynb) in this folder")
+            found += inside
+        elif not path.exists():
+            raise MinirlhfError(f"{path}: no such file or folder")
         elif path.suffix == ".ipynb" and path.is_file():
             found.append(path)
         else:
@@ -69,11 +75,22 @@ def _nb_modules():
 
 
 def read_notebook(path):
+    """The notebook at `path`, checked against nbformat's schema, so that JSON which is not
+    a notebook (a list, "cells" that is not a list, an unknown cell type) is refused here,
+    naming the file, rather than failing deep inside a strip or an execution."""
     nbformat, _ = _nb_modules()
     try:
-        return nbformat.read(path, as_version=4)
+        nb = nbformat.read(path, as_version=4)
+        nbformat.validate(nb)
     except (OSError, ValueError) as e:  # nbformat's NotJSONError is a ValueError
         raise MinirlhfError(f"{path}: cannot read the notebook: {e}") from None
+    except AttributeError:  # nbformat reads the version with .get(): the JSON is not an object
+        raise MinirlhfError(f"{path}: not a notebook: its JSON is not an object") from None
+    except nbformat.ValidationError as e:
+        where = "/".join(map(str, e.path)) or "top level"
+        message = e.message if len(e.message) <= 120 else e.message[:117] + "..."
+        raise MinirlhfError(f"{path}: not a valid notebook ({where}): {message}") from None
+    return nb
 
 
 def _kernel_manager_class():
@@ -152,8 +169,8 @@ def execute_notebooks(paths=None, inplace=False, timeout=CELL_TIMEOUT, log=print
 def strip_notebooks(paths=None, log=print):
     """Strip each notebook's outputs, rewriting only the files that had some."""
     nbformat, _ = _nb_modules()
-    for path in find_notebooks(paths):
-        nb = read_notebook(path)
+    notebooks = [(path, read_notebook(path)) for path in find_notebooks(paths)]  # all valid before any is written
+    for path, nb in notebooks:
         if strip_outputs(nb):
             nbformat.write(nb, path)
             log(f"stripped  {path}")
@@ -172,7 +189,7 @@ def add_parser(subparsers):
     action.add_argument("--strip", action="store_true", help="remove outputs and execution counts")
     p.add_argument("paths", nargs="*", type=Path, metavar="PATHS", help="notebooks or folders (default: notebooks/)")
     p.add_argument("--inplace", action="store_true", help="with --execute: save the outputs into the notebooks")
-    p.add_argument("--timeout", type=int, default=CELL_TIMEOUT, help="seconds one cell may run")
+    p.add_argument("--timeout", type=non_negative_int, default=CELL_TIMEOUT, help="seconds one cell may run (0: no limit)")
     p.set_defaults(func=run)
 
 

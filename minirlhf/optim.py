@@ -9,6 +9,7 @@ import math
 import numpy as np
 
 from minirlhf import backend
+from minirlhf.errors import MinirlhfError
 
 
 class AdamW:
@@ -50,10 +51,36 @@ class AdamW:
     def state_dict(self):
         return {"m": self.m, "v": self.v, "t": np.array(self.t)}
 
-    def load_state_dict(self, state):
+    def load_state_dict(self, state, source="the optimizer state"):
+        """Restore m, v and t saved by state_dict(); `source` names where they came from
+        (a checkpoint's optimizer.npz) in the error a damaged state raises."""
+        check_state(state, self.m.size, source)
         self.m[...] = state["m"]
         self.v[...] = state["v"]
         self.t = int(state["t"])
+
+
+def check_state(state, size, source):
+    """Raise a MinirlhfError naming `source` unless `state` is what AdamW.state_dict()
+    writes for `size` parameters: m and v finite float vectors of that size (v >= 0, it
+    is a mean of squares) and t a step count, a non-negative integer. Resuming from
+    anything else would crash mid-step or silently train with broken moments."""
+    names = sorted(state)
+    if names != ["m", "t", "v"]:
+        raise MinirlhfError(f"{source}: holds arrays {names}, AdamW's state is m, v and t; it is damaged")
+    for name in ("m", "v"):
+        a = np.asarray(state[name])
+        if a.shape != (size,):
+            raise MinirlhfError(f"{source}: {name} has shape {a.shape}, the model has {size} parameters; "
+                                "it belongs to another model or is damaged")
+        if not np.issubdtype(a.dtype, np.floating) or not np.all(np.isfinite(a)):
+            raise MinirlhfError(f"{source}: {name} is not finite floating-point data ({a.dtype})")
+    if np.any(np.asarray(state["v"]) < 0):
+        raise MinirlhfError(f"{source}: v has negative entries; it is a mean of squared gradients")
+    t = np.asarray(state["t"])
+    is_number = np.issubdtype(t.dtype, np.integer) or np.issubdtype(t.dtype, np.floating)
+    if t.shape != () or not is_number or not np.isfinite(t) or t != np.floor(t) or t < 0:
+        raise MinirlhfError(f"{source}: the step count t is {t.tolist()!r}, not a non-negative integer")
 
 
 def adamw_update(p, g, m, v, decay, t, lr, beta1, beta2, eps, weight_decay):

@@ -10,7 +10,7 @@ import numpy as np
 
 from minirlhf.checkpoint import load_lm
 from minirlhf.errors import MinirlhfError
-from minirlhf.flags import non_negative_int, positive_int
+from minirlhf.flags import non_negative_int, positive_float, positive_int, top_p_float
 from minirlhf.mlm import fill_blank, split_blank
 
 
@@ -51,16 +51,17 @@ def add_parser(subparsers):
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--ckpt", type=Path, required=True, help="checkpoint directory (or a run directory holding checkpoint/)")
-    p.add_argument("--prompt", default="", help="text to continue (empty: start a new document)")
+    text = p.add_mutually_exclusive_group()  # a masked-language model fills a blank instead of continuing
+    text.add_argument("--prompt", default="", help="text to continue (empty: start a new document)")
     p.add_argument("--num-samples", type=positive_int, default=1)
     p.add_argument("--max-new-tokens", type=positive_int, default=100)
-    p.add_argument("--temperature", type=float, default=1.0, help="<1 sharper, >1 more random")
+    p.add_argument("--temperature", type=positive_float, default=1.0, help="<1 sharper, >1 more random")
     p.add_argument("--greedy", action="store_true", help="always take the most likely token (ignores temperature)")
-    p.add_argument("--top-k", type=int, default=None,
+    p.add_argument("--top-k", type=positive_int, default=None,
                    help="sample among the k most likely tokens only (with --fill: how many guesses to print, default 5)")
-    p.add_argument("--top-p", type=float, default=None, help="sample among the smallest set of tokens with this much probability")
+    p.add_argument("--top-p", type=top_p_float, default=None, help="sample among the smallest set of tokens with this much probability")
     p.add_argument("--seed", type=non_negative_int, default=0)
-    p.add_argument("--fill", metavar="TEXT", default=None,
+    text.add_argument("--fill", metavar="TEXT", default=None,
                    help="masked-language model only: TEXT with one blank (___ or [MASK]); print the most likely "
                    "tokens for it with their probabilities, instead of sampling")
     p.set_defaults(func=run)

@@ -269,6 +269,14 @@ def _unknown_char_message(char, position):
     )
 
 
+def _lone_surrogate_message(char, position):
+    return (
+        f"the text is not valid Unicode: {char!r} (U+{ord(char):04X}) at position {position} is half of a "
+        "UTF-16 surrogate pair, alone (a JSON \\ud800-style escape, or a byte that is not UTF-8 in a "
+        "command-line argument), and has no UTF-8 bytes to encode"
+    )
+
+
 class BPETokenizer(Tokenizer):
     """Byte-level BPE: ids 0-255 are the bytes, then one id per learned merge, then specials."""
 
@@ -331,11 +339,15 @@ class BPETokenizer(Tokenizer):
 
     def _encode_ordinary(self, text, position):
         ids = []
-        for chunk in _CHUNK.findall(text):
-            chunk_ids = self._chunk_cache.get(chunk)
-            if chunk_ids is None:
-                chunk_ids = self._chunk_cache[chunk] = self._encode_chunk(chunk)
-            ids.extend(chunk_ids)
+        try:
+            for chunk in _CHUNK.findall(text):
+                chunk_ids = self._chunk_cache.get(chunk)
+                if chunk_ids is None:
+                    chunk_ids = self._chunk_cache[chunk] = self._encode_chunk(chunk)
+                ids.extend(chunk_ids)
+        except UnicodeEncodeError:  # the only str that UTF-8 cannot encode holds a lone surrogate
+            offset = next(k for k, c in enumerate(text) if 0xD800 <= ord(c) <= 0xDFFF)
+            raise MinirlhfError(_lone_surrogate_message(text[offset], position + offset)) from None
         return ids
 
     def _encode_chunk(self, chunk):

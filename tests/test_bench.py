@@ -76,9 +76,16 @@ def test_compare_torch_without_pytorch_says_how_to_install(monkeypatch, capsys):
     assert 'pip install -e ".[bench]"' in capsys.readouterr().err
 
 
-def test_bad_bench_arguments(capsys):
-    assert cli.main(["bench", "--rounds", "0"]) == 1
-    assert "--rounds" in capsys.readouterr().err
+@pytest.mark.parametrize("argv, says", [
+    (["--rounds", "0"], "argument --rounds: must be a positive integer, got 0"),
+    (["--threads", "-1"], "argument --threads: must be 0 or more, got -1"),
+    (["--ops", "--min-seconds", "inf"], "argument --min-seconds: must be a finite number, got inf"),  # timed forever
+    (["--ops", "--min-seconds", "nan"], "argument --min-seconds: must be a finite number, got nan"),
+])
+def test_bad_bench_arguments_are_refused_before_anything_runs(argv, says, capsys):
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["bench"] + argv)
+    assert stop.value.code == 2 and says in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -55,6 +55,7 @@ def write_lines(tmp_path, *lines, name="data.jsonl"):
      r"data.jsonl:1: 'finished' must be a list"),
     ([], load_prompts, r"data.jsonl: no records"),
     (["", "   "], load_sft, r"data.jsonl: no records"),
+    (['{"prompt": "a"}', "[" * 100_000], load_prompts, r"data.jsonl:2: invalid JSON: nested too deeply"),
 ])
 def test_malformed_files_name_the_file_and_line(tmp_path, lines, loader, message):
     path = write_lines(tmp_path, *lines)

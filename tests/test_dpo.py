@@ -206,7 +206,9 @@ def test_bad_input_is_one_line_and_exit_1(sft_ckpt, comparisons, prompts, tmp_pa
 def test_the_pipeline_step_3_runs_dpo_on_the_reward_stage_rankings(sft_ckpt, comparisons, prompts, tmp_path):
     """`minirlhf pipeline --method dpo`'s step 3 (the whole tiny pipeline is tested in
     test_pipeline.py): a run folder with sft/ and reward/ stages -> dpo/."""
+    from minirlhf.model import ScalarModel
     from minirlhf.pipeline import PRESETS, Pipeline
+    from minirlhf.reward import save_reward_model
 
     run = tmp_path / "run"
     (run / "data").mkdir(parents=True)
@@ -215,9 +217,48 @@ def test_the_pipeline_step_3_runs_dpo_on_the_reward_stage_rankings(sft_ckpt, com
     (run / "sft").symlink_to(sft_ckpt)
     (run / "reward").mkdir()
     (run / "reward" / "comparisons.jsonl").write_bytes(comparisons.read_bytes())
+    sft = load_checkpoint(sft_ckpt / "checkpoint")
+    save_reward_model(run / "reward" / "checkpoint", ScalarModel.from_gpt(sft.gpt(), seed=1), sft.tokenizer,
+                      {"mean_before": 0.0})
     pipeline = Pipeline(run, PRESETS["tiny"], seed=0, progress=False, method="dpo")
     assert pipeline.folder("ppo") == run / "dpo" and pipeline.folder("reward") == run / "reward"
     summary = pipeline.ppo(resume=False)
     assert summary["method"] == "dpo" and summary["train_prompts"] == 20
     assert summary["kl_final"] != 0  # the policy moved (a k1 estimate on 6 answers: either sign)
+    assert isinstance(summary["reward_end"], float)  # the reward stage's model scored the samples
     assert (run / "dpo" / "checkpoint" / "params.npz").exists() and not (run / "ppo").exists()
+
+
+def test_resuming_from_a_damaged_state_json_names_the_file_and_field(sft_ckpt, comparisons, prompts, tmp_path,
+                                                                     capsys):
+    from test_pretrain import refuses_damaged_states
+
+    out = tmp_path / "out"
+    args = dpo_args(sft_ckpt, out, prompts, "--comparisons", str(comparisons), "--sample-prompts", "0")
+    assert main(args) == 0
+    refuses_damaged_states(args, out, [
+        ({"step": "5"}, "'step' must be a whole number"),
+        ({"step": None}, "no 'step' field"),
+        ({"step": 99}, "'step' is 99, more than 5"),
+        ([5], "not an object"),
+    ], capsys)
+
+
+def test_a_reward_dir_without_a_checkpoint_to_score_samples_is_an_error(sft_ckpt, comparisons, prompts, tmp_path,
+                                                                       capsys):
+    reward_dir = tmp_path / "reward"
+    reward_dir.mkdir()
+    (reward_dir / "comparisons.jsonl").write_bytes(comparisons.read_bytes())
+    assert main(dpo_args(sft_ckpt, tmp_path / "out", prompts, "--reward-dir", str(reward_dir))) == 1
+    err = capsys.readouterr().err
+    assert f"{reward_dir}: no checkpoint/" in err and err.count("\n") == 1, err
+    # nothing sampled, nothing to score: its rankings are enough
+    assert main(dpo_args(sft_ckpt, tmp_path / "out", prompts, "--reward-dir", str(reward_dir),
+                         "--sample-prompts", "0", "--epochs", "1")) == 0
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "0", "1", "-0.5"])
+def test_val_fraction_is_a_share_strictly_between_0_and_1(sft_ckpt, comparisons, prompts, tmp_path, capsys, value):
+    with pytest.raises(SystemExit) as e:
+        main(dpo_args(sft_ckpt, tmp_path / "out", prompts, "--comparisons", str(comparisons), "--val-fraction", value))
+    assert e.value.code == 2 and "argument --val-fraction: must be" in capsys.readouterr().err

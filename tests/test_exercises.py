@@ -429,3 +429,16 @@ def test_student_copies_never_overwrite(tmp_path, capsys):
     assert "my work" in work.read_text()
     write_student_copies(tmp_path / "out", overwrite=True)
     assert "my work" not in work.read_text()
+
+
+def test_solutions_that_are_not_notebooks_or_an_out_path_that_is_a_file(tmp_path, capsys):
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "a.ipynb").write_text("[]")
+    assert main(["exercises", "--student", str(tmp_path / "mine"), "--solutions", str(tmp_path / "junk")]) == 1
+    assert f"{tmp_path / 'junk' / 'a.ipynb'}: not a notebook" in capsys.readouterr().err
+    (tmp_path / "afile").write_text("x")  # the OS refuses: the CLI says so in one line
+    assert main(["exercises", "--student", str(tmp_path / "afile")]) == 1
+    err = capsys.readouterr().err
+    assert f"minirlhf exercises: error: File exists: {tmp_path / 'afile'}" in err and "Traceback" not in err, err
+    assert main(["exercises", "--student", str(tmp_path / "afile" / "x")]) == 1
+    assert f"error: Not a directory: {tmp_path / 'afile' / 'x'}" in capsys.readouterr().err

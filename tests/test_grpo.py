@@ -193,3 +193,26 @@ def test_checked_step_stops_before_a_non_finite_update(loss, bad_grad):
     grads.flat[:] = 0.1
     checked_step(AdamW(params, lr=0.1), grads, 0.5, 1.0, "GRPO", 7)
     assert not np.array_equal(params.flat, before)  # a finite step does move the weights
+
+
+def test_resuming_from_a_damaged_state_json_names_the_file_and_field(models, prompts, tmp_path, capsys):
+    from test_pretrain import refuses_damaged_states
+
+    out = tmp_path / "out"
+    args = grpo_args(models, out, prompts, "--iterations", "1", "--groups", "2", "--group-size", "2")
+    assert main(args) == 0
+    refuses_damaged_states(args, out, [
+        ({"iteration": 7}, "'iteration' is 7, more than 1 (--iterations 1)"),
+        ({"iteration": -1}, "'iteration' must be a whole number"),
+        ({"rng": {"bit_generator": "MT19937"}}, "'rng' is not a saved random-generator state"),
+        ({"rng": None}, "no 'rng' field"),
+        ([], "holds a JSON list"),
+    ], capsys)
+
+
+@pytest.mark.parametrize("flag", ["--temperature", "--missing-eos-penalty", "--beta"])
+def test_float_flags_refuse_nan_and_inf(models, prompts, tmp_path, capsys, flag):
+    for value in ("nan", "inf"):
+        with pytest.raises(SystemExit) as e:
+            main(grpo_args(models, tmp_path / "out", prompts, flag, value))
+        assert e.value.code == 2 and f"argument {flag}: must be" in capsys.readouterr().err

@@ -163,3 +163,39 @@ def test_transformers_loads_the_export_with_our_logits(ckpt, tmp_path):
     ours = model.forward(idx)
     assert theirs.dtype == np.float32
     np.testing.assert_allclose(theirs, ours, rtol=0, atol=1e-4)
+
+
+def test_export_never_overwrites_a_checkpoint_or_a_users_directory(ckpt, tmp_path, capsys):
+    path, model, tok = ckpt
+    config = (path / "config.json").read_bytes()
+    assert main(["export", "--ckpt", str(path), "--hf", str(path)]) == 1
+    assert "holds a minirlhf checkpoint" in capsys.readouterr().err
+    assert (path / "config.json").read_bytes() == config and load_gpt(path)[1] == tok
+
+    user = tmp_path / "user"
+    user.mkdir()
+    (user / "config.json").write_text("mine")
+    with pytest.raises(MinirlhfError, match="not empty nor a previous `minirlhf export`"):
+        export_hf(path, user)
+    assert sorted(p.name for p in user.iterdir()) == ["config.json"] and (user / "config.json").read_text() == "mine"
+
+    export_hf(path, tmp_path / "hf")
+    export_hf(path, tmp_path / "hf")  # over a previous export: allowed
+    (tmp_path / "empty").mkdir()
+    export_hf(path, tmp_path / "empty")
+    assert (tmp_path / "empty" / "model.safetensors").exists()
+
+
+def test_import_never_replaces_a_users_directory(ckpt, tmp_path, capsys):
+    path, model, _ = ckpt
+    export_hf(path, tmp_path / "hf")
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "important.txt").write_text("x")
+    assert main(["import", "--hf", str(tmp_path / "hf"), "--out", str(victim)]) == 1
+    assert "exists and is not a minirlhf checkpoint" in capsys.readouterr().err
+    assert [p.name for p in victim.iterdir()] == ["important.txt"]
+    with pytest.raises(MinirlhfError, match="not a minirlhf checkpoint"):
+        import_hf(tmp_path / "hf", tmp_path / "hf")  # into the export itself
+    import_hf(tmp_path / "hf", path)  # over a checkpoint: allowed
+    np.testing.assert_array_equal(load_gpt(path)[0].params.flat, model.params.flat)

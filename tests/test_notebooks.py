@@ -121,4 +121,34 @@ def test_a_failing_cell_is_a_one_line_error(tmp_path, capsys):
     assert f"{path}: cell 3 (raise ValueError('boom')) raised ValueError: boom" in err
     assert "Traceback" not in err
     assert main(["notebooks", "--strip", str(tmp_path / "missing.ipynb")]) == 1
-    assert "not a notebook" in capsys.readouterr().err
+    assert f"{tmp_path / 'missing.ipynb'}: no such file or folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text, says", [
+    ("[]", "not a notebook: its JSON is not an object"),
+    ('{"cells": "x", "nbformat": 4}', "not a valid notebook"),
+    ('{"nbformat": 4}', "not a valid notebook (top level): The notebook is invalid and is missing an expected key: cells"),
+])
+@pytest.mark.parametrize("action", ["--strip", "--execute"])
+def test_json_that_is_not_a_notebook_is_a_one_line_error(tmp_path, capsys, text, says, action):
+    path = tmp_path / "bad.ipynb"
+    path.write_text(text)
+    assert main(["notebooks", action, str(path)]) == 1
+    err = capsys.readouterr().err
+    assert f"{path}: {says}" in err and "Traceback" not in err, err
+
+
+def test_one_bad_notebook_in_a_folder_stops_the_strip_before_anything_is_written(tmp_path, capsys):
+    good = tmp_path / "a.ipynb"
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("1 + 1", outputs=[nbformat.v4.new_output("stream", text="2")])]
+    nbformat.write(nb, good)
+    (tmp_path / "b.ipynb").write_text("[]")
+    assert main(["notebooks", "--strip", str(tmp_path)]) == 1
+    assert f"{tmp_path / 'b.ipynb'}: not a notebook" in capsys.readouterr().err
+    assert not is_stripped(nbformat.read(good, as_version=4))  # a.ipynb came first, and is untouched
+
+
+def test_a_folder_without_notebooks_is_an_error(tmp_path, capsys):
+    assert main(["notebooks", "--strip", str(tmp_path)]) == 1
+    assert f"{tmp_path}: no notebooks (.ipynb) in this folder" in capsys.readouterr().err

@@ -4,6 +4,7 @@ import math
 import numpy as np
 import pytest
 
+from minirlhf.errors import MinirlhfError
 from minirlhf.optim import AdamW, clip_grad_norm, lr_schedule
 from minirlhf.params import FlatParams
 
@@ -66,6 +67,31 @@ def test_adamw_state_round_trip(rng):
     opt.step(g)
     opt2.step(g)
     np.testing.assert_array_equal(params.flat, clone.flat)
+
+
+@pytest.mark.parametrize(
+    "damage,message",
+    [
+        (lambda s: s.pop("t"), r"holds arrays \['m', 'v'\]"),
+        (lambda s: s.pop("v"), r"holds arrays \['m', 't'\]"),
+        (lambda s: s.update(m=np.zeros(3)), r"m has shape \(3,\), the model has 20 parameters"),
+        (lambda s: s.update(v=np.full(20, np.nan)), "v is not finite"),
+        (lambda s: s.update(m=np.zeros(20, dtype=np.int64)), "m is not finite floating-point data"),
+        (lambda s: s.update(v=-np.ones(20)), "v has negative entries"),
+        (lambda s: s.update(t=np.array(np.nan)), "step count t is nan"),
+        (lambda s: s.update(t=np.array(-1)), "step count t is -1"),
+        (lambda s: s.update(t=np.array(1.5)), "step count t is 1.5"),
+        (lambda s: s.update(t=np.array([1, 2])), r"step count t is \[1, 2\]"),
+    ],
+)
+def test_damaged_state_is_refused_naming_its_source(rng, damage, message):
+    opt = AdamW(make_params(rng))
+    state = {k: np.array(v) for k, v in opt.state_dict().items()}
+    damage(state)
+    fresh = AdamW(make_params(rng))
+    with pytest.raises(MinirlhfError, match="^run/optimizer.npz: .*" + message):
+        fresh.load_state_dict(state, source="run/optimizer.npz")
+    assert fresh.t == 0 and not fresh.m.any()  # nothing half-loaded
 
 
 def test_lr_schedule_shape():

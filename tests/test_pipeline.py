@@ -114,3 +114,29 @@ def test_compare_says_which_run_has_no_report(tmp_path, capsys):
     assert main(["compare", str(tmp_path)]) == 1
     err = capsys.readouterr().err
     assert "report.json: no such file" in err and len(err.strip().splitlines()) == 1
+
+
+def test_the_run_records_its_seed_preset_and_method(interrupted_then_resumed):
+    out, _, _ = interrupted_then_resumed
+    assert json.loads((out / "run.json").read_text()) == {"seed": 0, "preset": "tiny", "method": "ppo"}
+
+
+@pytest.mark.parametrize("flags, expected", [(["--seed", "1"], "started with --seed 0, not 1"),
+                                             (["--preset", "demo"], "started with --preset tiny, not demo")])
+def test_resume_refuses_another_seed_or_preset(tmp_path, capsys, flags, expected):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "run.json").write_text(json.dumps({"seed": 0, "preset": "tiny", "method": "ppo"}))
+    assert main(["pipeline", "--preset", "tiny", "--seed", "0", "--out", str(out), "--resume", *flags]) == 1
+    err = capsys.readouterr().err
+    assert f"{out / 'run.json'}: this run was {expected}" in err and err.count("\n") == 1, err
+    assert sorted(p.name for p in out.iterdir()) == ["run.json"]  # refused before any stage ran
+
+
+def test_resume_of_a_run_from_before_run_json_checks_the_worlds_seed(tmp_path, capsys):
+    out = tmp_path / "run"
+    (out / "data").mkdir(parents=True)
+    (out / "data" / "summary.json").write_text(json.dumps({"world_seed": 0, "files": {}}))
+    assert main(["pipeline", "--preset", "tiny", "--seed", "1", "--out", str(out), "--resume"]) == 1
+    assert "data/summary.json: this run was started with --seed 0, not 1" in capsys.readouterr().err
+    assert not (out / "run.json").exists()

@@ -2,7 +2,8 @@
 model) in place of the trained reward model's, on a tiny random policy."""
 import numpy as np
 import pytest
-from conftest import DATA
+from conftest import DATA, write_jsonl
+from test_pretrain import edit_state
 
 from minirlhf.cli import main
 from minirlhf.checkpoint import load_checkpoint, load_gpt
@@ -71,3 +72,61 @@ def test_the_command_trains_on_the_gold_reward_and_prints_the_run(models, prompt
     assert (f"RM reward {first['rm_reward']:.3f} -> {last['rm_reward']:.3f}, "
             f"gold {first['gold_score']:.3f} -> {last['gold_score']:.3f}, KL {last['kl']:.3f}, 2 iterations") in printed
     assert load_checkpoint(out / "checkpoint", kind="lm").config["ppo"]["gold_reward"] == 5.0
+
+
+def ppo_args(models, out, prompts, *extra):
+    sft, rm = models
+    return ["ppo", "--policy", str(sft), "--reward", str(rm), "--out", str(out), "--prompts", str(prompts),
+            "--data", str(DATA), "--iterations", "2", "--rollouts", "4", "--minibatch", "2", "--epochs", "1",
+            "--max-new-tokens", "4", *extra]
+
+
+def fails_in_one_line(argv, capsys, *expected):
+    capsys.readouterr()
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert all(e in err for e in expected) and "Traceback" not in err and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize("changes, expected", [
+    ({"iteration": 10 ** 6}, "'iteration' is 1000000, more than 2 (--iterations 2)"),
+    ({"iteration": -1}, "'iteration' must be a whole number"),
+    ({"iteration": 1.5}, "'iteration' must be a whole number"),
+    ({"iteration": "x"}, "'iteration' must be a whole number"),
+    ({"beta": float("nan")}, "'beta' must be a finite number"),
+    ({"round": "x"}, "'round' must be a whole number"),
+    ({"round": 1}, "'round' is 1, more than 0 (the last round of --rounds 1)"),
+    ({"rng": None}, "no 'rng' field"),
+    ({"rng": {"bit_generator": "MT19937"}}, "'rng' is not a saved random-generator state"),
+    ([], "holds a JSON list, not an object"),
+])
+def test_resuming_from_a_damaged_state_json_names_the_file_and_field(models, prompts, tmp_path, capsys, changes,
+                                                                       expected):
+    out = tmp_path / "out"
+    assert main(ppo_args(models, out, prompts)) == 0
+    edit_state(out, changes)
+    fails_in_one_line(ppo_args(models, out, prompts, "--resume"), capsys,
+                      f"{out / 'checkpoint' / 'state.json'}: ", expected)
+
+
+def test_a_ptx_text_shorter_than_the_context_is_one_line(models, prompts, tmp_path, capsys):
+    short = tmp_path / "short.txt"
+    short.write_text("jacob loves reading.\n")
+    fails_in_one_line(ppo_args(models, tmp_path / "out", prompts, "--ptx-coef", "0.5", "--ptx-text", str(short)),
+                      capsys, f"{short}: ", "fewer than a window of 64 + 2")
+
+
+def test_every_prompt_is_checked_to_fit_before_training(models, prompts, tmp_path, capsys):
+    # one prompt too long among many: found up front, with its line, whether or not it would be sampled
+    long = write_jsonl(tmp_path / "long.jsonl", [{"prompt": "copy this exactly: goat\nanswer:"}] * 4
+                       + [{"prompt": "copy this exactly: " + "goat " * 20 + "\nanswer:"}])
+    fails_in_one_line(ppo_args(models, tmp_path / "out", long), capsys, f"{long}:5: ", "context of 64")
+    assert not (tmp_path / "out" / "metrics.jsonl").exists()
+
+
+@pytest.mark.parametrize("flag", ["--temperature", "--missing-eos-penalty", "--gold-reward", "--beta"])
+@pytest.mark.parametrize("value", ["nan", "inf"])
+def test_float_flags_refuse_nan_and_inf(models, prompts, tmp_path, capsys, flag, value):
+    with pytest.raises(SystemExit) as e:
+        main(ppo_args(models, tmp_path / "out", prompts, flag, value))
+    assert e.value.code == 2 and f"argument {flag}: must be" in capsys.readouterr().err

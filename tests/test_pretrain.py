@@ -156,3 +156,83 @@ def test_metrics_are_valid_json(text_file, tmp_path):
     assert main(tiny_args(text_file, out)) == 0
     for line in (out / "metrics.jsonl").read_text().splitlines():
         json.loads(line)
+
+
+def edit_state(run_dir, changes):
+    """Rewrite run_dir/checkpoint/state.json with `changes` (a value None deletes the key;
+    a list instead of a dict replaces the whole file)."""
+    path = run_dir / "checkpoint" / "state.json"
+    state = json.loads(path.read_text())
+    if isinstance(changes, list):
+        state = changes
+    else:
+        state.update(changes)
+        state = {k: v for k, v in state.items() if v is not None}
+    path.write_text(json.dumps(state))
+
+
+def refuses_damaged_states(argv, out, cases, capsys):
+    """For each (changes, expected): the run's own state.json with `changes`, then
+    `argv --resume` fails in one line naming the file and saying `expected`."""
+    state = out / "checkpoint" / "state.json"
+    original = state.read_text()
+    for changes, expected in cases:
+        state.write_text(original)
+        edit_state(out, changes)
+        capsys.readouterr()
+        assert main(argv + ["--resume"]) == 1
+        err = capsys.readouterr().err
+        assert f"{state}: " in err and expected in err and err.count("\n") == 1, err
+
+
+def test_a_finished_run_resumed_reports_its_losses(text_file, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(tiny_args(text_file, out)) == 0
+    capsys.readouterr()
+    assert main(tiny_args(text_file, out, "--resume")) == 0
+    printed = capsys.readouterr().out
+    assert "already done all 6 steps" in printed and "val loss" in printed and "after 6 steps" in printed
+    assert [r["step"] for r in read_metrics(out / "metrics.jsonl") if "loss" in r] == list(range(1, 7))
+
+
+@pytest.mark.parametrize("changes, expected", [
+    ({"rng": None}, "no 'rng' field"),
+    ({"step": None}, "no 'step' field"),
+    ({"step": "3"}, "'step' must be a whole number"),
+    ({"step": 3.0}, "'step' must be a whole number"),
+    ({"step": -1}, "'step' must be a whole number"),
+    ({"step": 10 ** 9}, "'step' is 1000000000, more than 6 (--steps 6)"),
+    ({"rng": {"bit_generator": "MT19937"}}, "'rng' is not a saved random-generator state"),
+    ({"rng": [1, 2]}, "'rng' is not a saved random-generator state"),
+    ([1, 2], "holds a JSON list, not an object"),
+])
+def test_a_damaged_state_json_names_the_file_and_field(text_file, tmp_path, capsys, changes, expected):
+    out = tmp_path / "run"
+    assert main(tiny_args(text_file, out)) == 0
+    edit_state(out, changes)
+    capsys.readouterr()
+    assert main(tiny_args(text_file, out, "--resume")) == 1
+    err = capsys.readouterr().err
+    assert f"{out / 'checkpoint' / 'state.json'}: " in err and expected in err, err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_a_run_resumed_with_fewer_steps_than_done_is_an_error(text_file, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(tiny_args(text_file, out)) == 0
+    capsys.readouterr()
+    assert main(tiny_args(text_file, out, "--resume", "--steps", "4")) == 1
+    assert "'step' is 6, more than 4 (--steps 4)" in capsys.readouterr().err
+
+
+def test_zero_steps_is_an_error_not_a_traceback(text_file, tmp_path, capsys):
+    assert main(tiny_args(text_file, tmp_path / "run", "--steps", "0")) == 1
+    assert "--steps 0: pretraining needs at least one step" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-0.5", "0", "1"])
+def test_val_fraction_must_be_a_share_strictly_between_0_and_1(text_file, tmp_path, capsys, value):
+    with pytest.raises(SystemExit) as e:
+        main(tiny_args(text_file, tmp_path / "run", "--val-fraction", value))
+    assert e.value.code == 2
+    assert "--val-fraction: must be" in capsys.readouterr().err

@@ -343,3 +343,24 @@ def test_the_reward_model_refuses_a_policy_with_another_tokenizer(tmp_path):
     save_gpt(tmp_path / "lm", GPT(rm.config), tok)
     with pytest.raises(MinirlhfError, match="expected 'reward'"):
         load_reward_model(tmp_path / "lm")
+
+
+def test_a_max_new_tokens_too_long_for_the_context_names_the_flag(sft_ckpt, demos, tmp_path, capsys):
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": "copy this exactly: cat\nanswer:"},
+                                                       {"prompt": "copy this exactly: goat chef\nanswer:"}] * 2)
+    longest = len("copy this exactly: goat chef\nanswer:")  # a char tokenizer: one token per character
+    argv = reward_args(sft_ckpt, tmp_path / "rm", demos, "--data", str(DATA), "--prompts", str(prompts),
+                       "--k-min", "2", "--k-max", "2", "--max-new-tokens", str(64 - longest + 1))
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"minirlhf reward: error: --max-new-tokens {64 - longest + 1}: ") and "Traceback" not in err
+    assert f"{prompts}:2, {longest} tokens" in err and f"use --max-new-tokens {64 - longest} or less" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("flag, value", [("--temperature", "nan"), ("--temperature", "inf"), ("--temperature", "0"),
+                                         ("--val-fraction", "nan"), ("--val-fraction", "0"), ("--val-fraction", "1")])
+def test_float_flags_refuse_values_out_of_range(sft_ckpt, demos, comparisons, tmp_path, capsys, flag, value):
+    with pytest.raises(SystemExit) as e:
+        main(reward_args(sft_ckpt, tmp_path / "rm", demos, "--comparisons", str(comparisons), flag, value))
+    assert e.value.code == 2 and f"argument {flag}: must be" in capsys.readouterr().err

@@ -227,3 +227,11 @@ def test_refuses_to_overwrite_the_init_checkpoint(init_ckpt, data, capsys):
     assert main(sft_args(init_ckpt, data, init_ckpt)) == 1
     assert "would overwrite the checkpoint it starts from" in capsys.readouterr().err
     assert load_checkpoint(init_ckpt / "checkpoint").config["stage"] == "pretrain"
+
+
+@pytest.mark.parametrize("flag, value", [("--val-fraction", "nan"), ("--val-fraction", "0"), ("--val-fraction", "1"),
+                                         ("--dropout", "nan"), ("--dropout", "inf"), ("--ptx-fraction", "nan")])
+def test_float_flags_refuse_values_out_of_range(init_ckpt, data, tmp_path, capsys, flag, value):
+    with pytest.raises(SystemExit) as e:
+        main(sft_args(init_ckpt, data, tmp_path / "out", flag, value))
+    assert e.value.code == 2 and f"argument {flag}: must be" in capsys.readouterr().err

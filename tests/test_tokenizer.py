@@ -114,6 +114,16 @@ def test_bpe_decode_of_invalid_utf8_does_not_raise(bpe):
     assert "\ufffd" in text
 
 
+def test_bpe_encode_of_a_lone_surrogate_is_an_error_naming_it(bpe):
+    # json.loads('"\\ud800"') and a non-UTF-8 byte in argv (decoded with surrogateescape)
+    # both give Python strings that UTF-8 cannot encode.
+    text = json.loads('"ab<|endoftext|>c \\ud800"')
+    with pytest.raises(MinirlhfError, match=r"not valid Unicode: '\\ud800' \(U\+D800\) at position 17"):
+        bpe.encode(text)
+    with pytest.raises(MinirlhfError, match=r"'\\udcff' \(U\+DCFF\) at position 6"):
+        bpe.encode(os.fsdecode(b"jacob \xff loves"))
+
+
 # ------------------------------------------------------------------ char tokenizer
 
 

@@ -87,9 +87,7 @@ def write_student_copies(out_dir, solutions=SOLUTIONS, overwrite=False, log=prin
     if not solutions.is_dir():
         raise MinirlhfError(f"{solutions}: no such folder (the solution notebooks come with the repository; "
                             "pass --solutions)")
-    sources = find_notebooks([solutions])
-    if not sources:
-        raise MinirlhfError(f"{solutions}: no notebooks (.ipynb) in this folder")
+    sources = find_notebooks([solutions])  # refuses a folder without notebooks
     if not overwrite:
         existing = [out_dir / p.name for p in sources if (out_dir / p.name).exists()]
         if existing:

@@ -29,13 +29,13 @@ import numpy as np
 from minirlhf.checkpoint import load_checkpoint, load_gpt, save_gpt
 from minirlhf.dpo import dpo_loss
 from minirlhf.errors import MinirlhfError
-from minirlhf.flags import non_negative_int, positive_float, positive_int
+from minirlhf.flags import non_negative_int, positive_float, positive_int, share
 from minirlhf.metrics import MetricsLog, read_metrics
 from minirlhf.plots import plot_metrics
 from minirlhf.reward import load_reward_model
 from minirlhf.sample import resolve_checkpoint
 from minirlhf.toyworld import World
-from minirlhf.train.loop import TrainSettings, add_train_args, run_loop, train_settings_from_args
+from minirlhf.train.loop import ResumeState, TrainSettings, add_train_args, run_loop, train_settings_from_args
 from minirlhf.train.reward import (
     SAMPLE_STREAM, TRAIN_STREAM, RewardConfig, collect_rankings, encode_rankings, pack_groups, packed_rankings,
     training_schedule,
@@ -116,17 +116,19 @@ PANELS = {
 }
 
 
-def restore(out_dir, policy, optimizer):
+def restore(out_dir, policy, optimizer, steps):
     """Load OUT/checkpoint's policy and optimizer state (saved at an evaluation, so no
-    training statistics are pending); returns the steps it had done. Nothing else needs
+    training statistics are pending); returns the steps it had done (at most `steps`,
+    the run's length). Nothing else needs
     restoring: the order of the batches follows from the seed, DPO draws no random
     numbers, and the sampled answers use the same numbers at every evaluation."""
     ckpt = load_checkpoint(Path(out_dir) / "checkpoint", kind="lm")
     if ckpt.optimizer is None or ckpt.config.get("stage") != "dpo":
         raise MinirlhfError(f"{ckpt.path}: not a DPO checkpoint with optimizer state; it cannot be resumed")
-    policy.load_params(ckpt.params)
+    done = ResumeState(ckpt).count("step", steps, f"the run's {steps} steps")
+    ckpt.load_into(policy)
     optimizer.load_state_dict(ckpt.optimizer)
-    return int(ckpt.state["step"])
+    return done
 
 
 def run_dpo(policy_path, out_dir, config=None, reward_dir=None, reward_path=None, data_dir="data", prompts_path=None,
@@ -134,7 +136,7 @@ def run_dpo(policy_path, out_dir, config=None, reward_dir=None, reward_path=None
     """Train the policy with DPO on rankings (see dpo_rankings). data_dir holds
     ppo_prompts.jsonl (the sampled prompts, unless prompts_path) and world.json (the
     gold score; skipped if absent). The reward model that scores the samples is
-    reward_path, else reward_dir's checkpoint if it has one. Returns a summary dict
+    reward_path, else reward_dir's checkpoint (an error if it has none). Returns a summary dict
     with the keys of run_ppo's (reward, gold at start and end, final KL) and the
     held-out ranking metrics."""
     config = config or DPOConfig()
@@ -142,10 +144,13 @@ def run_dpo(policy_path, out_dir, config=None, reward_dir=None, reward_path=None
     t0 = time.perf_counter()
     policy, tokenizer = load_gpt(resolve_checkpoint(policy_path))
     reference, _ = load_gpt(resolve_checkpoint(policy_path))
-    if reward_path is None and reward_dir is not None and (Path(reward_dir) / "checkpoint").is_dir():
-        reward_path = Path(reward_dir) / "checkpoint"
-    reward_model = load_reward_model(resolve_checkpoint(reward_path), tokenizer)[0] if reward_path else None
     rankings = dpo_rankings(config, reward_dir, out_dir)
+    if reward_path is None and reward_dir is not None and config.sample_prompts:
+        reward_path = Path(reward_dir) / "checkpoint"
+        if not reward_path.is_dir():
+            raise MinirlhfError(f"{reward_dir}: no checkpoint/ to score the sampled answers with; pass --reward "
+                                "CKPT, or --sample-prompts 0, or --comparisons with that folder's comparisons.jsonl")
+    reward_model = load_reward_model(resolve_checkpoint(reward_path), tokenizer)[0] if reward_path else None
     block, pad = policy.config.block_size, tokenizer.pad_id
     train_ranked = encode_rankings(tokenizer, rankings.train, block)
     val_chunks = packed_rankings(encode_rankings(tokenizer, rankings.val, block), pad, block)
@@ -186,7 +191,7 @@ def run_dpo(policy_path, out_dir, config=None, reward_dir=None, reward_path=None
         save_gpt(out_dir / "checkpoint", policy, tokenizer, optimizer.state_dict(), {"step": done},
                  stage="dpo", dpo=asdict(config))
 
-    start_step = restore(out_dir, policy, optimizer) if resume else 0
+    start_step = restore(out_dir, policy, optimizer, settings.steps) if resume else 0
     with MetricsLog(out_dir / "metrics.jsonl", resume_after_step=start_step if resume else None) as metrics:
         if not resume:
             metrics.log(step=0, **eval_fn())  # the SFT model: loss log 2, accuracy one half
@@ -240,7 +245,7 @@ def add_parser(subparsers):
     p.add_argument("--epochs", type=positive_int, default=d.epochs, help="passes over the rankings")
     p.add_argument("--shuffle-pairs", action="store_true", help="every comparison its own shuffled example")
     p.add_argument("--max-prompts", type=positive_int, default=None, help="a random subset of this many rankings")
-    p.add_argument("--val-fraction", type=float, default=d.val_fraction,
+    p.add_argument("--val-fraction", type=share, default=d.val_fraction,
                    help="share of --comparisons held out when there is no held-out file")
     p.add_argument("--sample-prompts", type=non_negative_int, default=d.sample_prompts,
                    help="prompts answered at each evaluation to measure KL, gold and reward-model score (0: none)")

@@ -32,7 +32,7 @@ from minirlhf.plots import plot_metrics
 from minirlhf.reward import load_reward_model
 from minirlhf.sample import resolve_checkpoint
 from minirlhf.toyworld import World
-from minirlhf.train.loop import restore_rng, rng_state
+from minirlhf.train.loop import ResumeState, rng_state
 from minirlhf.train.ppo import add_config_args, config_from_args, run_iterations
 from minirlhf.train.rollout import checked_step, describe_samples, read_prompts_that_fit, rollout_metrics, sample_rollout
 
@@ -110,12 +110,13 @@ class GRPOTrainer:
     def restore(self, out_dir):
         """Continue from OUT/checkpoint (written by `save`)."""
         ckpt = load_checkpoint(Path(out_dir) / "checkpoint", kind="lm")
-        if ckpt.optimizer is None or "iteration" not in ckpt.state:
+        if ckpt.optimizer is None:
             raise MinirlhfError(f"{ckpt.path}: not a GRPO checkpoint with optimizer state; it cannot be resumed")
-        self.policy.load_params(ckpt.params)
+        ckpt.load_into(self.policy)
         self.optimizer.load_state_dict(ckpt.optimizer)
-        self.iterations_done = int(ckpt.state["iteration"])
-        self.rng = restore_rng(ckpt.state["rng"])
+        state = ResumeState(ckpt)
+        self.iterations_done = state.count("iteration", self.config.iterations, f"--iterations {self.config.iterations}")
+        self.rng = state.rng()
 
 
 PANELS = {

@@ -8,6 +8,7 @@ checkpoint after each, and a clean stop when the loss stops being a number.
 import math
 import time
 from dataclasses import dataclass, fields
+from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
@@ -116,3 +117,49 @@ def restore_rng(state):
     rng = np.random.default_rng()
     rng.bit_generator.state = state
     return rng
+
+
+class ResumeState:
+    """The fields of a checkpoint's state.json that a resumed stage reads, each checked
+    as it is read: a damaged or hand-edited file is an error naming it and the field,
+    not a traceback, and not a run that silently starts from a wrong place."""
+
+    def __init__(self, ckpt):
+        self.path = Path(ckpt.path) / "state.json"
+        self.state = ckpt.state
+        if not isinstance(self.state, dict):
+            self.fail(f"holds a JSON {type(self.state).__name__}, not an object")
+
+    def fail(self, what):
+        raise MinirlhfError(f"{self.path}: {what}; the checkpoint cannot be resumed")
+
+    def get(self, name, default=None):
+        if name in self.state:
+            return self.state[name]
+        if default is None:
+            self.fail(f"no {name!r} field")
+        return default
+
+    def count(self, name, limit, flag, default=None):
+        """A whole number 0..limit: the steps or iterations done (`flag` names what sets limit)."""
+        value = self.get(name, default)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            self.fail(f"{name!r} must be a whole number 0 or more, got {value!r}")
+        if value > limit:
+            raise MinirlhfError(f"{self.path}: {name!r} is {value}, more than {limit} ({flag}): a damaged file, "
+                                "or a run that went further than this command asks for")
+        return value
+
+    def finite(self, name, low=0.0):
+        """A finite number >= low."""
+        value = self.get(name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value < math.inf:
+            self.fail(f"{name!r} must be a finite number {low} or more, got {value!r}")
+        return float(value)
+
+    def rng(self, name="rng"):
+        """The np.random.Generator saved with rng_state."""
+        try:
+            return restore_rng(self.get(name))
+        except (TypeError, ValueError, KeyError, OverflowError) as e:
+            self.fail(f"{name!r} is not a saved random-generator state ({e})")

@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from minirlhf import ppo
 from minirlhf.checkpoint import load_checkpoint, load_gpt, save_checkpoint, save_gpt
-from minirlhf.datasets import load_corpus, load_prompts, load_sft
+from minirlhf.datasets import load_sft
 from minirlhf.errors import MinirlhfError
 from minirlhf.flags import flag_type
 from minirlhf.metrics import MetricsLog, read_metrics
@@ -42,10 +42,11 @@ from minirlhf.reward import load_reward_model, scores_forward
 from minirlhf.sample import generate_ids, resolve_checkpoint
 from minirlhf.sequences import pack
 from minirlhf.toyworld import World, gold_score
-from minirlhf.train.loop import restore_rng, rng_state
+from minirlhf.train.loop import ResumeState, rng_state
 from minirlhf.train.reward import RewardConfig, read_rankings, retrain
 from minirlhf.train.pretrain import sample_windows
-from minirlhf.train.rollout import checked_step, describe_samples, gold_scores
+from minirlhf.train.rollout import checked_step, describe_samples, gold_scores, read_prompts_that_fit
+from minirlhf.train.sft import pretraining_tokens
 
 
 @dataclass
@@ -205,16 +206,18 @@ class PPOTrainer:
         out_dir = Path(out_dir)
         policy_ckpt = load_checkpoint(out_dir / "checkpoint", kind="lm")
         value_ckpt = load_checkpoint(out_dir / "value", kind="reward")
-        self.policy.load_params(policy_ckpt.params)
-        self.value_model.load_params(value_ckpt.params)
+        policy_ckpt.load_into(self.policy)
+        value_ckpt.load_into(self.value_model)
         if policy_ckpt.optimizer is None or value_ckpt.optimizer is None:
             raise MinirlhfError(f"{out_dir}: the checkpoint has no optimizer state; it cannot be resumed")
         self.policy_opt.load_state_dict(policy_ckpt.optimizer)
         self.value_opt.load_state_dict(value_ckpt.optimizer)
-        self.iterations_done = int(policy_ckpt.state["iteration"])
-        self.rng = restore_rng(policy_ckpt.state["rng"])
-        self.kl_ctl.beta = float(policy_ckpt.state["beta"])
-        self.round = int(policy_ckpt.state.get("round", 0))
+        state = ResumeState(policy_ckpt)
+        self.iterations_done = state.count("iteration", self.config.iterations, f"--iterations {self.config.iterations}")
+        self.rng = state.rng()
+        self.kl_ctl.beta = state.finite("beta")
+        self.round = state.count("round", self.config.rounds - 1, f"the last round of --rounds {self.config.rounds}",
+                                 default=0)
 
 
 PANELS = {
@@ -257,13 +260,13 @@ def run_ppo(policy_path, reward_path, out_dir, config=None, data_dir="data", pro
     reference, _ = load_gpt(resolve_checkpoint(policy_path))
     reward_model, _ = load_reward_model(resolve_checkpoint(reward_path), tokenizer=tokenizer)
     value_model = ScalarModel(reward_model.config, dtype=reward_model.dtype, params=reward_model.params)
-    prompts = [r["prompt"] for r in load_prompts(prompts_path or data_dir / "ppo_prompts.jsonl")]
+    prompts = read_prompts_that_fit(prompts_path or data_dir / "ppo_prompts.jsonl", tokenizer, policy.config.block_size)
     world = World.load(data_dir / "world.json") if (data_dir / "world.json").exists() else None
     ptx_tokens = None
     if config.ptx_coef > 0:
         if ptx_text is None:
             raise MinirlhfError("--ptx-coef needs --ptx-text (the pretraining text to mix in)")
-        ptx_tokens = np.asarray(tokenizer.encode(load_corpus(ptx_text)), dtype=np.int64)
+        ptx_tokens = pretraining_tokens(ptx_text, tokenizer, policy.config.block_size)
     earlier = rankings_of(reward_path) if config.rounds > 1 else None
     reward_config = replace(reward_config or RewardConfig(), data=str(data_dir))
     gold_zero = demonstrations_gold(world, data_dir / "sft.jsonl") if config.gold_reward else 0.0

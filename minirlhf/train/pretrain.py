@@ -24,14 +24,16 @@ import numpy as np
 from minirlhf.checkpoint import load_checkpoint, save_gpt
 from minirlhf.datasets import load_corpus
 from minirlhf.errors import MinirlhfError
-from minirlhf.flags import non_negative_int, positive_int
+from minirlhf.flags import non_negative_int, positive_int, share, unit_float
 from minirlhf.lstm import LSTMConfig, LSTMLanguageModel
 from minirlhf.metrics import MetricsLog
 from minirlhf.mlm import mask_tokens
 from minirlhf.model import GPT, PRESETS, GPTConfig
 from minirlhf.plots import plot_metrics
 from minirlhf.tokenizer import train_tokenizer
-from minirlhf.train.loop import TrainSettings, add_train_args, restore_rng, rng_state, run_loop, train_settings_from_args
+from minirlhf.train.loop import (
+    ResumeState, TrainSettings, add_train_args, rng_state, run_loop, train_settings_from_args,
+)
 
 
 @dataclass
@@ -105,12 +107,15 @@ def pretrain(text_path, out_dir, config=None, resume=False, progress=True):
     ckpt_dir = out_dir / "checkpoint"
     text = load_corpus(text_path)
     settings = config.train
+    if not resume and settings.steps < 1:
+        raise MinirlhfError(f"--steps {settings.steps}: pretraining needs at least one step")
 
     if resume:
         ckpt = load_checkpoint(ckpt_dir, kind="lm")
         tokenizer, model = ckpt.tokenizer, ckpt.lm()  # the checkpoint's arch and objective, like its sizes
-        start_step = int(ckpt.state.get("step", 0))
-        rng = restore_rng(ckpt.state["rng"])
+        state = ResumeState(ckpt)
+        start_step = state.count("step", settings.steps, f"--steps {settings.steps}")
+        rng = state.rng()
     else:
         tokenizer = train_tokenizer(config.tokenizer, text, config.vocab_size if config.tokenizer == "bpe" else None,
                                     mask_token=config.objective == "mlm")
@@ -151,6 +156,7 @@ def pretrain(text_path, out_dir, config=None, resume=False, progress=True):
     with MetricsLog(out_dir / "metrics.jsonl", resume_after_step=start_step if resume else None) as metrics:
         final = run_loop(settings, optimizer, step_fn, start_step=start_step, eval_fn=eval_fn, save_fn=save_fn,
                          metrics=metrics, desc="pretrain", progress=progress)
+    final = final or eval_fn()  # a finished run resumed: no step left, its checkpoint's losses
     wall = time.perf_counter() - t0
     plot_metrics(out_dir / "metrics.jsonl", out_dir / "loss.png",
                  {"pretraining loss": ["loss", "train_loss_eval", "val_loss"]},
@@ -159,6 +165,7 @@ def pretrain(text_path, out_dir, config=None, resume=False, progress=True):
         "val_loss": final.get("val_loss"),
         "train_loss": final.get("train_loss_eval"),
         "steps": settings.steps,
+        "steps_run": settings.steps - start_step,
         "tokens": int(len(tokens)),
         "n_params": model.n_params,
         "wall_seconds": wall,
@@ -176,7 +183,7 @@ def add_model_args(parser):
                        help="model size: " + "; ".join(f"{k}: {v}" for k, v in PRESETS.items()))
     for name in ("n_layer", "n_head", "n_embd", "block_size"):
         group.add_argument("--" + name.replace("_", "-"), dest=name, type=int, default=None, help=f"override the preset's {name}")
-    group.add_argument("--dropout", type=float, default=0.0, help="residual/attention/embedding dropout")
+    group.add_argument("--dropout", type=unit_float, default=0.0, help="residual/attention/embedding dropout")
     group.add_argument("--dtype", choices=["float32", "float64"], default="float32")
 
 
@@ -208,7 +215,7 @@ def add_parser(subparsers):
     add_model_args(p)
     add_train_args(p)
     p.add_argument("--eval-batches", type=positive_int, default=10, help="batches per loss estimate")
-    p.add_argument("--val-fraction", type=float, default=0.1, help="share of the text held out for validation")
+    p.add_argument("--val-fraction", type=share, default=0.1, help="share of the text held out for validation")
     p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--resume", action="store_true", help="continue OUT/checkpoint where it stopped")
     p.set_defaults(func=run)
@@ -221,6 +228,8 @@ def run(args):
         seed=args.seed, dtype=args.dtype,
     )
     summary = pretrain(args.text, args.out, config, resume=args.resume)
+    if not summary["steps_run"]:
+        print(f"{summary['checkpoint']} had already done all {summary['steps']} steps: nothing left to train")
     print(f"val loss {summary['val_loss']:.4f} (train {summary['train_loss']:.4f}) after {summary['steps']} steps, "
           f"{summary['n_params']:,} parameters, {summary['wall_seconds']:.1f} s")
     print(f"checkpoint: {summary['checkpoint']}   metrics: {args.out / 'metrics.jsonl'}   plot: {args.out / 'loss.png'}")

@@ -34,7 +34,7 @@ from minirlhf.checkpoint import load_gpt
 from minirlhf.datasets import load_comparisons, load_prompts, load_sft, write_jsonl
 from minirlhf.errors import MinirlhfError
 from minirlhf.evaluate import model_responder
-from minirlhf.flags import non_negative_int, positive_int
+from minirlhf.flags import non_negative_int, positive_float, positive_int, share
 from minirlhf.metrics import MetricsLog, read_metrics, series
 from minirlhf.model import ScalarModel
 from minirlhf.plots import plot_metrics, plt
@@ -87,10 +87,11 @@ class RewardConfig:
 # "finished", "labeler_id"} and where the file:line it came from (for error messages)
 
 
-def read_prompts(path, tokenizer, block_size):
+def read_prompts(path, tokenizer, block_size, max_new_tokens):
     """[(prompt, "file:line")]. A prompt the labeler cannot read, or that leaves no
-    room for an answer in the model's context, is an error naming its line."""
-    prompts = []
+    room for an answer in the model's context, is an error naming its line; so is
+    --max-new-tokens if the longest prompt and an answer that long do not fit."""
+    prompts, longest = [], (0, "")
     for line, record in load_prompts(path, line_numbers=True):
         where = f"{path}:{line}"
         at(where, parse_prompt, record["prompt"])
@@ -99,6 +100,12 @@ def read_prompts(path, tokenizer, block_size):
             raise MinirlhfError(f"{where}: the prompt is {n} tokens; the model's context of "
                                 f"{block_size} leaves no room for an answer")
         prompts.append((record["prompt"], where))
+        if n > longest[0]:
+            longest = (n, where)
+    if longest[0] + max_new_tokens > block_size:
+        raise MinirlhfError(f"--max-new-tokens {max_new_tokens}: the longest prompt ({longest[1]}, {longest[0]} "
+                            f"tokens) and an answer that long do not fit the model's context of {block_size}; "
+                            f"use --max-new-tokens {block_size - longest[0]} or less")
     return prompts
 
 
@@ -191,7 +198,8 @@ def collect_rankings(sft, tokenizer, config, out_dir, progress=True):
     if not 2 <= config.k_min <= config.k_max:
         raise MinirlhfError(f"need 2 <= k_min <= k_max, got {config.k_min} and {config.k_max}")
     world = World.load(Path(config.data) / "world.json")
-    prompts = read_prompts(config.path("prompts", "rm_prompts.jsonl"), tokenizer, sft.config.block_size)
+    prompts = read_prompts(config.path("prompts", "rm_prompts.jsonl"), tokenizer, sft.config.block_size,
+                           config.max_new_tokens)
     prompts = subset(prompts, config.max_prompts or SAMPLED_PROMPTS, split_rng)
     train_prompts, val_prompts = split(prompts, config.val_fraction, split_rng)
     sample_rng = np.random.default_rng([config.seed, SAMPLE_STREAM])
@@ -507,12 +515,12 @@ def add_parser(subparsers):
     data.add_argument("--max-prompts", type=positive_int, default=d.max_prompts,
                       help=f"use a random subset of this many RM prompts, or of --comparisons' rankings; "
                       f"if not given, {SAMPLED_PROMPTS} prompts when sampling, all rankings of a file")
-    data.add_argument("--val-fraction", type=float, default=d.val_fraction,
+    data.add_argument("--val-fraction", type=share, default=d.val_fraction,
                       help="share of prompts ranked by the held-out labeler and kept out of training")
     data.add_argument("--k-min", type=positive_int, default=d.k_min, help="fewest answers per prompt")
     data.add_argument("--k-max", type=positive_int, default=d.k_max, help="most answers per prompt")
     data.add_argument("--max-new-tokens", type=positive_int, default=d.max_new_tokens, help="answers longer than this are cut off")
-    data.add_argument("--temperature", type=float, default=d.temperature, help="sampling temperature for the answers")
+    data.add_argument("--temperature", type=positive_float, default=d.temperature, help="sampling temperature for the answers")
     how = p.add_argument_group("training")
     how.add_argument("--epochs", type=positive_int, default=d.epochs, help="passes over the rankings (InstructGPT: 1; more overfits)")
     how.add_argument("--shuffle-pairs", action="store_true",

@@ -37,7 +37,7 @@ import numpy as np
 from minirlhf.checkpoint import load_checkpoint, save_gpt
 from minirlhf.datasets import load_corpus, load_sft
 from minirlhf.errors import MinirlhfError
-from minirlhf.flags import non_negative_int
+from minirlhf.flags import non_negative_int, share, unit_float
 from minirlhf.metrics import MetricsLog
 from minirlhf.plots import plot_metrics
 from minirlhf.sample import resolve_checkpoint
@@ -267,9 +267,9 @@ def add_parser(subparsers):
     p.add_argument("--data", type=Path, required=True, help='JSONL demonstrations: {"prompt": ..., "response": ...} per line')
     p.add_argument("--out", type=Path, required=True, help="run directory to write")
     p.add_argument("--epochs", type=int, default=defaults.epochs, help="passes over the training demonstrations")
-    p.add_argument("--dropout", type=float, default=defaults.dropout, help="residual/attention/embedding dropout")
-    p.add_argument("--val-fraction", type=float, default=defaults.val_fraction, help="share of demonstrations held out")
-    p.add_argument("--ptx-fraction", type=float, default=defaults.ptx_fraction,
+    p.add_argument("--dropout", type=unit_float, default=defaults.dropout, help="residual/attention/embedding dropout")
+    p.add_argument("--val-fraction", type=share, default=defaults.val_fraction, help="share of demonstrations held out")
+    p.add_argument("--ptx-fraction", type=unit_float, default=defaults.ptx_fraction,
                    help="share of each batch's rows that are pretraining text with the plain next-token loss")
     p.add_argument("--ptx-text", type=Path, default=None,
                    help="pretraining text for --ptx-fraction; None: the text the init checkpoint was trained on")
