@@ -594,6 +594,8 @@ def add_parser(subparsers):
 
 def run(args):
     paths = parse_models(args.models)
+    if args.out.exists() and not args.out.is_dir():  # say so now, not after minutes of sampling
+        raise MinirlhfError(f"{args.out}: exists and is not a folder; choose another --out")
     world, sets = load_eval_sets(args.data)
     models = load_models(paths)
     if args.reward is not None and args.best_of is None:

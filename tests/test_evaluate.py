@@ -382,6 +382,14 @@ def test_cli_bad_models_give_one_line(tiny_setup, tmp_path, capsys, models, mess
     assert not (tmp_path / "o").exists()
 
 
+def test_cli_out_that_is_a_file_fails_before_evaluating(tiny_setup, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "afile"
+    out.write_text("keep me")
+    monkeypatch.setattr("minirlhf.evaluate.evaluate_models", lambda *a, **k: pytest.fail("evaluated first"))
+    assert main(eval_args(tiny_setup, out)) == 1
+    assert "exists and is not a folder" in capsys.readouterr().err and out.read_text() == "keep me"
+
+
 def test_cli_bad_data_gives_one_line(tiny_setup, tmp_path, capsys):
     data = tmp_path / "data"
     shutil.copytree(tiny_setup / "data", data)
