@@ -45,7 +45,7 @@ from minirlhf.errors import MinirlhfError
 from minirlhf.flags import non_negative_int, positive_float, positive_int
 from minirlhf.sample import complete, resolve_checkpoint
 from minirlhf.reward import load_reward_model, score_texts
-from minirlhf.toyworld.labeler import HELD_OUT_LABELER, Labeler, gold_score, judge
+from minirlhf.toyworld.labeler import HELD_OUT_LABELER, TRAINING_LABELERS, Labeler, gold_score, judge
 from minirlhf.toyworld.tasks import CONDITIONS, TASKS, parse_prompt, sentences
 from minirlhf.toyworld.world import World, parse_claim
 
@@ -448,6 +448,14 @@ def _examples_markdown(samples, per_set=(("helpfulness", 3), ("truthfulness", 2)
     return "\n\n".join(parts)
 
 
+def _labeler_phrase(labeler_id):
+    """Who judged: the held-out labeler, as the article's evaluation, or (--labeler) one who
+    also ranked the reward model's training data, whose taste the reward model learned."""
+    if labeler_id in TRAINING_LABELERS:
+        return f"labeler {labeler_id}, one of the labelers who ranked the reward model's training data (not held out)"
+    return f"the held-out labeler {labeler_id}"
+
+
 def report_markdown(result, samples=None, plots=()):
     """report.md: what was measured, the tables, example answers and the plots."""
     st = result["settings"]
@@ -455,7 +463,7 @@ def report_markdown(result, samples=None, plots=()):
     parts = [
         "# Evaluation",
         f"Models {', '.join(st['models'])}, each sampled once per prompt at temperature {st['temperature']} "
-        f"(at most {st['max_new_tokens']} new tokens), judged by the held-out labeler {st['labeler_id']}. "
+        f"(at most {st['max_new_tokens']} new tokens), judged by {_labeler_phrase(st['labeler_id'])}. "
         f"Held-out sets: {n['helpfulness']} helpfulness prompts (win rates, gold score, correctness), "
         f"{n['truthfulness']} questions whose rumoured answer is false, {n['harmlessness']} sentence starts "
         "under three conditions. Intervals are 95% Wilson score intervals; "
@@ -579,7 +587,7 @@ def add_parser(subparsers):
     p.add_argument("--out", type=Path, required=True, help="folder to write the report into")
     p.add_argument("--data", type=Path, default=Path("data"),
                    help="folder with world.json and eval_helpfulness/truthfulness/harmlessness.jsonl")
-    p.add_argument("--labeler", type=non_negative_int, default=HELD_OUT_LABELER, help="id of the judging labeler (held out: 4)")
+    p.add_argument("--labeler", type=non_negative_int, default=HELD_OUT_LABELER, help="id of the judging labeler (4 is held out; 0-3 ranked the reward model's training data)")
     p.add_argument("--temperature", type=positive_float, default=1.0, help="sampling temperature (PPO samples at 1)")
     p.add_argument("--max-new-tokens", type=positive_int, default=MAX_NEW_TOKENS, help="answers longer than this are cut off")
     p.add_argument("--batch-size", type=positive_int, default=256, help="prompts generated together")

@@ -275,6 +275,15 @@ def test_report_files_have_the_required_keys(toy, rng, tmp_path):
     assert "| sort |" in md and "*demonstrations*" in md
 
 
+def test_the_report_says_whether_the_judge_was_held_out(toy, rng, tmp_path):
+    world, sets = toy
+    for labeler_id, phrase in ((4, "judged by the held-out labeler 4."),
+                               (0, "judged by labeler 0, one of the labelers who ranked the reward model's training data")):
+        result = evaluate_models({"a": chatter}, world, sets, rng, labeler_id=labeler_id, reference=False)
+        write_report(tmp_path / str(labeler_id), result)
+        assert phrase in (tmp_path / str(labeler_id) / "report.md").read_text()
+
+
 def test_no_overoptimization_plot_without_ppo_metrics(tmp_path):
     metrics = tmp_path / "metrics.jsonl"
     write_jsonl(metrics, [{"step": 1, "loss": 2.0, "val_loss": 2.1}])
