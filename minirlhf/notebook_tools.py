@@ -16,6 +16,7 @@ ipykernel), whatever kernelspecs are installed: a notebook then imports the same
 minirlhf, from the same environment, as the tests. Needs nbclient and ipykernel
 (`pip install -e ".[test]"`).
 """
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -109,6 +110,13 @@ def _kernel_manager_class():
         @default("kernel_spec_manager")
         def _this_python_specs(self):
             return ThisPythonSpecs()
+
+        async def start_kernel(self, **kw):
+            # The kernel process's own log, not the cells' output (that comes as messages):
+            # a transport warning at every start, and a traceback when a timed-out cell's
+            # kernel is shut down mid-reply. The error that matters is ours, in one line.
+            kw.setdefault("stderr", subprocess.DEVNULL)
+            return await super().start_kernel(**kw)
 
     return ThisPythonKernel
 
