@@ -7,12 +7,11 @@ The README's tables of three seeds and of PPO vs DPO vs GRPO are this command's 
 so anyone can rerun the runs and check them. The last rows are the mean over the runs
 (and, for win rates, how many runs meet a floor).
 """
-import json
 from pathlib import Path
 
 import numpy as np
 
-from minirlhf.datasets import json_type
+from minirlhf.datasets import json_type, read_json
 from minirlhf.errors import MinirlhfError
 
 COLUMNS = ("run", "method", "seed", "RLHF vs SFT", "RLHF vs base", "SFT vs base", "truthful base/SFT/RLHF",
@@ -29,12 +28,7 @@ def read_report(run):
     path = Path(run) / "report.json"
     if not path.is_file():
         raise MinirlhfError(f"{path}: no such file (is {run} a finished pipeline run?)")
-    try:
-        report = json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as e:
-        raise MinirlhfError(f"{path}: not UTF-8 text (bad byte at offset {e.start})") from None
-    except (json.JSONDecodeError, RecursionError) as e:
-        raise MinirlhfError(f"{path}: not valid JSON ({e})") from None
+    report = read_json(path)
     check_report(path, report)
     return report
 

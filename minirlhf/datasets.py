@@ -56,21 +56,37 @@ def write_jsonl(path, records):
     atomic_write_text(path, "".join(to_json_line(record) + "\n" for record in records))
 
 
-def _read_text(path):
-    path = os.fspath(path)
+def _read_bytes(path):
     try:
         with open(path, "rb") as f:
-            data = f.read()
+            return f.read()
     except FileNotFoundError:
         raise MinirlhfError(f"{path}: no such file") from None
     except IsADirectoryError:
         raise MinirlhfError(f"{path}: is a folder, not a file") from None
+
+
+def _read_text(path):
+    path = os.fspath(path)
+    data = _read_bytes(path)
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
         line = data[:e.start].count(b"\n") + 1
         raise MinirlhfError(
             f"{path}:{line}: not UTF-8 text (bad byte at offset {e.start})") from None
+
+
+def read_json(path):
+    """The JSON value in the file at `path` (a report, a run's settings); a missing file,
+    one that is not UTF-8 or not JSON is a one-line error naming it."""
+    path = os.fspath(path)
+    try:
+        return json.loads(_read_bytes(path).decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise MinirlhfError(f"{path}: not UTF-8 text (bad byte at offset {e.start})") from None
+    except (json.JSONDecodeError, RecursionError) as e:  # (json recurses into nested lists: "[[[[...")
+        raise MinirlhfError(f"{path}: not valid JSON ({e})") from None
 
 
 def read_jsonl(path):

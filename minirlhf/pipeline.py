@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from minirlhf.datasets import atomic_write_text
+from minirlhf.datasets import atomic_write_text, read_json
 from minirlhf.errors import MinirlhfError
 from minirlhf.evaluate import evaluate_models, load_eval_sets, load_models, summary_markdown, write_report
 from minirlhf.flags import non_negative_int
@@ -232,13 +232,6 @@ def summary_table(report):
 def report_markdown(report):
     return (f"# minirlhf pipeline report (seed {report['seed']})\n\n```\n{summary_table(report)}\n```\n\n"
             + summary_markdown(report["eval"]) + "\n")
-
-
-def read_json(path):
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise MinirlhfError(f"{path}: cannot be read ({e})") from None
 
 
 def record_run(out, settings, resume):
